@@ -1,0 +1,138 @@
+//! Going live and proving it: switch `current`, restart the service, run `after_activate`, apply the health
+//! policy. And the way back when that fails: mark the release bad, switch to the last good release, restart and
+//! verify again, once (never flip back and forth). The intent is journaled in the state before each step.
+
+use crate::app::App;
+use crate::crashpoint;
+use crate::error::Error;
+use crate::fsutil;
+use crate::health;
+use crate::history::Event;
+use crate::hooks::{self, Hook};
+use crate::service;
+use crate::state::{AppState, HealthSummary, Op, Step};
+use crate::timeline::Timeline;
+use crate::version::Version;
+
+/// Switches to `target`, restarts and verifies. The outer error is an I/O failure of our own; the inner result is
+/// the verdict (`Err` carries the reason the release is not healthy).
+pub fn go_live(
+    app: &App,
+    state: &mut AppState,
+    target: &Version,
+    previous: Option<&Version>,
+    op: Op,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Result<String, String>> {
+    state.begin(op, target, previous.cloned(), Step::Switching);
+    app.save_state(state)?;
+    crashpoint::hit("before-switch");
+    tl.step("switch", || app.store.switch(target).map(|()| ((), Some(format!("current -> releases/{target}")))))?;
+    crashpoint::hit("after-switch");
+    state.step(Step::Checking);
+    app.save_state(state)?;
+    crashpoint::hit("after-state-write");
+
+    let release_dir = app.store.release_dir(target);
+    let (v, prev) = (target.as_str(), previous.map(Version::as_str));
+    let restarted = match tl.step("restart", || {
+        service::restart(app, v, prev, &release_dir).map(|r| {
+            let d = r.detail.clone();
+            (r, Some(d))
+        })
+    }) {
+        Ok(r) => r,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    crashpoint::hit("after-restart");
+    if op == Op::Deploy {
+        match hooks::run(app, Hook::AfterActivate, v, prev, &release_dir) {
+            Ok(Some(run)) => {
+                tl.record("hook", 0, Some(run.summary));
+                ev.output.extend(run.tail);
+            }
+            Ok(None) => {}
+            Err((reason, tail)) => {
+                ev.output.extend(tail);
+                return Ok(Err(reason));
+            }
+        }
+    }
+    let verdict = tl.step("checks", || match health::verify(app, v, &release_dir, &restarted, &mut ()) {
+        Ok(summary) => Ok((Ok(summary.clone()), Some(summary))),
+        Err(reason) => Err::<(Result<String, String>, Option<String>), String>(reason),
+    });
+    let verdict = verdict.unwrap_or_else(Err);
+    state.last_health = Some(HealthSummary {
+        at: fsutil::now_rfc3339(),
+        version: Some(target.clone()),
+        healthy: verdict.is_ok(),
+        detail: match &verdict {
+            Ok(s) | Err(s) => s.clone(),
+        },
+    });
+    Ok(verdict)
+}
+
+/// After `failed` did not prove healthy: mark it bad, return to the last good release and verify that. Returns
+/// the error the command reports: [`Error::RolledBack`] (exit 3) or [`Error::RollbackFailed`] (exit 4).
+pub fn fall_back(
+    app: &App,
+    state: &mut AppState,
+    failed: &Version,
+    reason: &str,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Error> {
+    state.mark_bad(failed, reason);
+    let on_disk = app.store.on_disk()?;
+    let Some(target) = state.rollback_target(Some(failed), &on_disk) else {
+        let why = format!(
+            "{failed} failed ({reason}) and there is no earlier good release to return to; {failed} stays active"
+        );
+        state.in_flight = None;
+        state.current = app.store.current()?;
+        state.degraded = Some(why.clone());
+        app.save_state(state)?;
+        return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
+    };
+    tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
+    match go_live(app, state, &target, Some(failed), Op::Rollback, tl, ev)? {
+        Ok(_) => {
+            state.commit(&target);
+            app.save_state(state)?;
+            after_rollback(app, &target, failed, ev);
+            Ok(Error::RolledBack {
+                app: app.name.clone(),
+                version: failed.to_string(),
+                restored: target.to_string(),
+                reason: reason.to_owned(),
+            })
+        }
+        Err(second) => Ok(degrade(app, state, &target, &second)?),
+    }
+}
+
+/// A rollback's own checks failed: stay where we are (no flip-flop), say so loudly.
+pub fn degrade(app: &App, state: &mut AppState, at: &Version, reason: &str) -> anyhow::Result<Error> {
+    let why = format!("the rollback to {at} switched and restarted, but {at} is not healthy either: {reason}");
+    state.in_flight = None;
+    state.current = Some(at.clone());
+    state.degraded = Some(why.clone());
+    app.save_state(state)?;
+    tracing::error!("{}: {why}", app.name);
+    Ok(Error::RollbackFailed { app: app.name.clone(), reason: why })
+}
+
+pub fn after_rollback(app: &App, restored: &Version, from: &Version, ev: &mut Event) {
+    let dir = app.store.release_dir(restored);
+    match hooks::run(app, Hook::AfterRollback, restored.as_str(), Some(from.as_str()), &dir) {
+        Ok(Some(run)) => ev.output.extend(run.tail),
+        Ok(None) => {}
+        Err((reason, tail)) => {
+            tracing::warn!("{}: {reason}", app.name);
+            ev.output.extend(tail);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The command line: clap definitions and the dispatch to library operations. Output for people goes to stdout
+//! (progress to stderr); with `--json`, stdout carries one JSON document with a `schema` number.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::exit;
+use crate::history;
+use crate::version::Version;
+
+/// Version of every `--json` document; bumped only on incompatible changes.
+pub const JSON_SCHEMA: u32 = 1;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failed; nothing changed
+  2  usage or configuration error
+  3  deploy failed; rolled back to the last good release
+  4  rollback failed; the app needs a person
+  5  lock held by another command or the daemon (busy)";
+
+#[derive(Debug, Parser)]
+#[command(name = "switchback", version, about = "Atomic releases with health checks and automatic rollback", after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Configuration file [default: /etc/switchback/switchback.toml]
+    #[arg(long, global = true, env = "SWITCHBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document (versioned schema) on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to wait for an app's lock before giving up with exit code 5
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+    /// No progress lines on stderr
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy an archive as VERSION now and wait for the outcome
+    Deploy {
+        app: String,
+        /// The release archive (.tar.zst)
+        #[arg(long, value_name = "ARCHIVE")]
+        file: PathBuf,
+        #[arg(long)]
+        version: String,
+        /// Deploy even a version marked bad, or while the app is pinned
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Switch to the last good (or the named) release, restart and check
+    Rollback {
+        app: String,
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Roll back to a version marked bad, or away from a pin
+        #[arg(long)]
+        force: bool,
+    },
+    /// Current, last good, health and in-flight work of one app or all
+    Status { app: Option<String> },
+    /// Releases on disk
+    Releases { app: String },
+    /// What happened to an app (history.jsonl)
+    History {
+        app: String,
+        /// Only the last N events
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Hold an app on a version
+    Pin {
+        app: String,
+        version: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Release a pin
+    Unpin { app: String },
+    /// Remove old releases (never the current, last good or pinned one)
+    Prune {
+        app: String,
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+    /// Run the health checks against the current release now
+    Check { app: String },
+    /// Configuration commands
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// A self-contained walkthrough in a temporary directory: deploy, a failed health check, automatic rollback
+    Demo {
+        /// Keep the temporary directory for inspection
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's tiny HTTP service (used by `demo` and the tests)
+    #[command(hide = true)]
+    DemoService(crate::demo::ServiceArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print what is wrong
+    Check,
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    Config::load(&path)
+}
+
+fn version(s: &str) -> Result<Version, Error> {
+    Version::parse(s)
+}
+
+/// Prints `value` as a JSON document with the schema number added.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut v = serde_json::to_value(value).context("serializing output")?;
+    if let serde_json::Value::Object(map) = &mut v {
+        map.insert("schema".to_owned(), JSON_SCHEMA.into());
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Runs a parsed command; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let print = !cli.quiet
+        && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
+    let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
+    match &cli.command {
+        Command::Deploy { app: name, file, version: v, force, reason } => {
+            let req = crate::deploy::DeployRequest {
+                archive: file.clone(),
+                version: version(v)?,
+                force: *force,
+                reason: reason.clone(),
+            };
+            let app = app(name)?;
+            let out = crate::deploy::deploy(&app, &req, cli.wait, print)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                println!(
+                    "{}: {} {} ({})",
+                    out.app,
+                    out.version,
+                    out.outcome,
+                    if out.health.is_empty() { "already current" } else { &out.health }
+                );
+            }
+        }
+        Command::Rollback { app: name, to, reason, force } => {
+            let to = to.as_deref().map(version).transpose()?;
+            let app = app(name)?;
+            let out = crate::rollback::rollback(&app, to.as_ref(), reason.as_deref(), *force, cli.wait, print)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                println!("{}: rolled back from {} to {} ({})", out.app, out.from, out.to, out.health);
+            }
+        }
+        Command::Status { app: name } => {
+            let config = load_config(&cli)?;
+            let names: Vec<String> = match name {
+                Some(n) => {
+                    config.app(n)?;
+                    vec![n.clone()]
+                }
+                None => config.apps.keys().cloned().collect(),
+            };
+            let mut all = Vec::new();
+            for n in names {
+                all.push(crate::status::app_status(&App::from_config(&config, &n)?)?);
+            }
+            if cli.json {
+                print_json(&serde_json::json!({ "apps": all }))?;
+            } else {
+                all.iter().for_each(crate::status::print_human);
+            }
+        }
+        Command::Releases { app: name } => {
+            let s = crate::status::app_status(&app(name)?)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "app": s.app, "releases": s.releases }))?;
+            } else {
+                crate::status::print_releases(&s);
+            }
+        }
+        Command::History { app: name, limit } => {
+            let app = app(name)?;
+            let mut events = history::read(&app.history_path())?;
+            if let Some(n) = limit {
+                events.drain(..events.len().saturating_sub(*n));
+            }
+            if cli.json {
+                print_json(&serde_json::json!({ "app": app.name, "events": events }))?;
+            } else {
+                for e in &events {
+                    let v = match (&e.previous, &e.version) {
+                        (Some(p), Some(v)) => format!("{p} -> {v}"),
+                        (None, Some(v)) => v.clone(),
+                        (Some(p), None) => p.clone(),
+                        (None, None) => String::new(),
+                    };
+                    println!(
+                        "{}  {:<8} {:<16} {:<15} {:>6}ms  {}  {}",
+                        e.time,
+                        e.op,
+                        v,
+                        e.outcome,
+                        e.duration_ms,
+                        e.who.describe(),
+                        e.reason.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Pin { app: name, version: v, reason } => {
+            let v = version(v)?;
+            crate::pin::pin(&app(name)?, &v, reason.as_deref(), cli.wait)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "app": name, "pin": v }))?;
+            } else {
+                println!("{name}: pinned to {v}");
+            }
+        }
+        Command::Unpin { app: name } => {
+            let old = crate::pin::unpin(&app(name)?, cli.wait)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "app": name, "unpinned": old }))?;
+            } else {
+                println!("{name}: {}", old.map_or("was not pinned".to_owned(), |v| format!("unpinned (was {v})")));
+            }
+        }
+        Command::Prune { app: name, keep } => {
+            if *keep == Some(0) {
+                return Err(Error::Usage("--keep must be at least 1".into()).into());
+            }
+            let out = crate::retention::prune(&app(name)?, *keep, cli.wait, print)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                println!(
+                    "{}: removed {}; kept {}",
+                    out.app,
+                    if out.removed.is_empty() { "nothing".into() } else { out.removed.join(", ") },
+                    out.kept.join(", ")
+                );
+            }
+        }
+        Command::Check { app: name } => {
+            let app = app(name)?;
+            let results = crate::status::check_now(&app)?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results }),
+                )?;
+            } else if results.is_empty() {
+                println!("{}: no health checks configured (unchecked)", app.name);
+            }
+            if !cli.json {
+                for r in &results {
+                    println!("{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail);
+                }
+            }
+            if let Some(bad) = results.iter().find(|r| !r.ok) {
+                return Err(Error::CheckFailed {
+                    app: app.name.clone(),
+                    reason: format!("{}: {}", bad.check, bad.detail),
+                }
+                .into());
+            }
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            let config = Config::load(&path)?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "config": path, "valid": true, "apps": config.apps.keys().collect::<Vec<_>>() }),
+                )?;
+            } else {
+                println!(
+                    "{}: ok ({} app(s): {})",
+                    path.display(),
+                    config.apps.len(),
+                    config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        Command::Demo { keep } => crate::demo::run(*keep)?,
+        Command::DemoService(args) => crate::demo::serve(args)?,
+    }
+    Ok(exit::SUCCESS)
+}

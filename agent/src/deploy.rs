@@ -1,0 +1,252 @@
+//! `deploy APP --file ARCHIVE --version V`: verify the artifact, unpack it into staging, rename it into
+//! `releases/V`, run `before_activate`, then go live and prove it (see [`crate::activate`]). A failure before the
+//! switch changes nothing visible; a failure after it rolls back automatically.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::activate;
+use crate::app::App;
+use crate::crashpoint;
+use crate::error::Error;
+use crate::history::Timing;
+use crate::hooks::{self, Hook};
+use crate::reconcile;
+use crate::retention;
+use crate::state::{Op, Step};
+use crate::timeline::Timeline;
+use crate::unpack;
+use crate::version::Version;
+
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub archive: PathBuf,
+    pub version: Version,
+    pub force: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployOutcome {
+    pub app: String,
+    pub version: String,
+    pub previous: Option<String>,
+    /// "deployed" or "unchanged" (the version was already current).
+    pub outcome: &'static str,
+    pub health: String,
+    pub pruned: Vec<String>,
+    pub steps: Vec<Timing>,
+}
+
+pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
+    let mut tl = Timeline::new(print);
+    let _lock = tl.step("lock", || app.lock(wait).map(|l| (l, None)))?;
+    let mut state = reconcile::reconcile(app, &mut tl)?;
+    let mut ev = app.event("deploy");
+    ev.version = Some(req.version.to_string());
+    ev.reason = req.reason.clone();
+    let previous = app.store.current()?;
+    ev.previous = previous.as_ref().map(ToString::to_string);
+    tl.note(&format!(
+        "deploying {} {} (from {})",
+        app.name,
+        req.version,
+        previous.as_ref().map_or("nothing".to_owned(), ToString::to_string)
+    ));
+    let mut outcome = app.recorded(ev, &mut tl, |ev, tl| {
+        let v = &req.version;
+        if let Some(bad) = state.bad.get(v) {
+            if !req.force {
+                return Err(Error::MarkedBad {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    reason: bad.reason.clone(),
+                }
+                .into());
+            }
+        }
+        if let Some(pin) = &state.pin {
+            if &pin.version != v && !req.force {
+                return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
+            }
+        }
+        let (sha, size) = tl.step("verify", || {
+            sha256_file(&req.archive).map(|(s, n)| ((s.clone(), n), Some(format!("sha256 {}", &s[..16]))))
+        })?;
+        let on_disk = app.store.on_disk()?;
+        match state.releases.get(v) {
+            Some(rec) if rec.sha256 != sha => {
+                return Err(Error::VersionConflict {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    recorded: rec.sha256.clone(),
+                    actual: sha,
+                }
+                .into())
+            }
+            None if on_disk.contains(v) => {
+                return Err(Error::VersionConflict {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    recorded: "unknown (not recorded)".to_owned(),
+                    actual: sha,
+                }
+                .into())
+            }
+            _ => {}
+        }
+        if previous.as_ref() == Some(v) && state.in_flight.is_none() && !state.bad.contains_key(v) {
+            tl.note(&format!("{v} is already current; nothing to do"));
+            return Ok(DeployOutcome {
+                app: app.name.clone(),
+                version: v.to_string(),
+                previous: previous.as_ref().map(ToString::to_string),
+                outcome: "unchanged",
+                health: String::new(),
+                pruned: vec![],
+                steps: vec![],
+            });
+        }
+        if !on_disk.contains(v) {
+            stage_release(app, &mut state, req, &sha, size, previous.as_ref(), tl)?;
+        }
+        let release_dir = app.store.release_dir(v);
+        let prev = previous.as_ref().map(Version::as_str);
+        match hooks::run(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir) {
+            Ok(Some(run)) => {
+                tl.record("hook", 0, Some(run.summary));
+                ev.output.extend(run.tail);
+            }
+            Ok(None) => {}
+            Err((reason, tail)) => {
+                ev.output.extend(tail);
+                state.in_flight = None;
+                app.save_state(&state)?;
+                anyhow::bail!("{reason}; nothing was activated");
+            }
+        }
+        match activate::go_live(app, &mut state, v, previous.as_ref(), Op::Deploy, tl, ev)? {
+            Ok(health) => {
+                state.bad.remove(v);
+                state.commit(v);
+                app.save_state(&state)?;
+                crashpoint::hit("after-commit");
+                let pruned = retention::prune_after_deploy(app, &mut state)?;
+                Ok(DeployOutcome {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    previous: previous.as_ref().map(ToString::to_string),
+                    outcome: "deployed",
+                    health,
+                    pruned,
+                    steps: vec![],
+                })
+            }
+            Err(reason) => Err(activate::fall_back(app, &mut state, v, &reason, tl, ev)?.into()),
+        }
+    })?;
+    outcome.steps = tl.steps;
+    Ok(outcome)
+}
+
+/// Unpacks the archive into a staging directory and renames it to `releases/V`. On any error the staging
+/// directory is removed and the journal cleared: nothing visible changed.
+fn stage_release(
+    app: &App,
+    state: &mut crate::state::AppState,
+    req: &DeployRequest,
+    sha: &str,
+    size: u64,
+    previous: Option<&Version>,
+    tl: &mut Timeline,
+) -> anyhow::Result<()> {
+    let v = &req.version;
+    preflight_space(app, &req.archive, size)?;
+    // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
+    // reconcile drops records of releases that never made it to disk.
+    state.record_release(v, sha, size);
+    state.begin(Op::Deploy, v, previous.cloned(), Step::Unpacking);
+    app.save_state(state)?;
+    let result = (|| -> anyhow::Result<()> {
+        let staging = app.store.stage(v)?;
+        let file = File::open(&req.archive).with_context(|| format!("opening {}", req.archive.display()))?;
+        let report = tl.step("unpack", || {
+            unpack::unpack_tar_zst(
+                std::io::BufReader::with_capacity(64 << 10, file),
+                staging.fd(),
+                &app.cfg.limits,
+                app.owner(),
+            )
+            .map_err(|source| Error::ArchiveRefused { archive: req.archive.clone(), source })
+            .map(|r| {
+                let d = format!(
+                    "{} files, {} dirs, {} links, {}",
+                    r.files,
+                    r.dirs,
+                    r.symlinks + r.hardlinks,
+                    bytesize::ByteSize(r.bytes).display().iec()
+                );
+                (r, Some(d))
+            })
+        })?;
+        crashpoint::hit("after-unpack");
+        tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
+        crashpoint::hit("after-staging-durable");
+        staging.link_shared(&app.store, &app.cfg.shared)?;
+        staging.commit(&app.store, v)?;
+        crashpoint::hit("after-release-rename");
+        tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        state.releases.remove(v);
+        state.in_flight = None;
+        app.save_state(state)?;
+        return Err(e);
+    }
+    state.step(Step::Released);
+    app.save_state(state)
+}
+
+/// Refuses early when the filesystem cannot hold the release plus the configured reserve. The unpacked size is
+/// the zstd frame's declared content size when the archive has one, else the archive size (a lower bound).
+fn preflight_space(app: &App, archive: &Path, archive_size: u64) -> anyhow::Result<()> {
+    let mut head = [0u8; 18];
+    let n = File::open(archive).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let declared = zstd::zstd_safe::get_frame_content_size(&head[..n]).ok().flatten();
+    let estimate = declared.unwrap_or(archive_size).min(app.cfg.limits.max_unpacked);
+    let needed = estimate.saturating_add(app.cfg.limits.reserve);
+    let available = app.store.free_space()?;
+    if available < needed {
+        return Err(Error::NoSpace {
+            path: app.store.root().to_owned(),
+            available: bytesize::ByteSize(available).display().iec().to_string(),
+            needed: bytesize::ByteSize(needed).display().iec().to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The sha256 (hex) and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}

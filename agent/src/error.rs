@@ -1,0 +1,83 @@
+//! Typed errors of the library. Messages are lowercase and read after "failed to" or on their own; the cause
+//! sits in `#[source]` and is never pasted into the message (the CLI prints the whole chain with `{:#}`).
+
+use std::path::PathBuf;
+
+use crate::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration in {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    #[error("unknown app `{app}` (configured: {known})")]
+    UnknownApp { app: String, known: String },
+
+    #[error("invalid version `{version}`: {reason}")]
+    InvalidVersion { version: String, reason: &'static str },
+
+    #[error("invalid usage: {0}")]
+    Usage(String),
+
+    #[error("app `{app}` is busy: another switchback process held its lock for {waited_secs}s (lock file {path})")]
+    Busy { app: String, path: PathBuf, waited_secs: u64 },
+
+    #[error("refused archive {archive}")]
+    ArchiveRefused {
+        archive: PathBuf,
+        #[source]
+        source: crate::unpack::UnpackError,
+    },
+
+    #[error(
+        "version `{version}` of `{app}` already exists with other content (recorded sha256 {recorded}, this artifact {actual})"
+    )]
+    VersionConflict { app: String, version: String, recorded: String, actual: String },
+
+    #[error("version `{version}` of `{app}` is marked bad ({reason}); deploy it again only with --force")]
+    MarkedBad { app: String, version: String, reason: String },
+
+    #[error("app `{app}` is pinned to `{pinned}`; run `switchback unpin {app}` first (or pass --force)")]
+    Pinned { app: String, pinned: String },
+
+    #[error("version `{version}` of `{app}` is not on disk (on disk: {available})")]
+    NotOnDisk { app: String, version: String, available: String },
+
+    #[error("no earlier good release of `{app}` to roll back to")]
+    NoRollbackTarget { app: String },
+
+    #[error(
+        "not enough free space under {path}: {available} available, {needed} needed (release estimate plus reserve)"
+    )]
+    NoSpace { path: PathBuf, available: String, needed: String },
+
+    #[error("deploy of `{version}` to `{app}` failed ({reason}); rolled back to `{restored}`")]
+    RolledBack { app: String, version: String, restored: String, reason: String },
+
+    #[error("ROLLBACK FAILED for `{app}`: {reason}; the app needs a person")]
+    RollbackFailed { app: String, reason: String },
+
+    #[error("health checks of `{app}` failed: {reason}")]
+    CheckFailed { app: String, reason: String },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion { .. } | Error::Usage(_) => {
+                exit::USAGE
+            }
+            Error::Busy { .. } => exit::BUSY,
+            Error::RolledBack { .. } => exit::ROLLED_BACK,
+            Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
+            Error::ArchiveRefused { .. }
+            | Error::VersionConflict { .. }
+            | Error::MarkedBad { .. }
+            | Error::Pinned { .. }
+            | Error::NotOnDisk { .. }
+            | Error::NoRollbackTarget { .. }
+            | Error::NoSpace { .. }
+            | Error::CheckFailed { .. } => exit::FAILED,
+        }
+    }
+}

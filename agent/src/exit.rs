@@ -1,0 +1,33 @@
+//! The one table of exit codes. Scripts and the daemon branch on these numbers, so they are a contract: add new
+//! codes at the end, never renumber. `code_for` is the only place that maps an error to a code.
+
+use crate::error::Error;
+
+/// Success.
+pub const SUCCESS: u8 = 0;
+/// The command failed and nothing changed on the host.
+pub const FAILED: u8 = 1;
+/// Usage or configuration error (bad flag, unknown app, invalid version, invalid config file).
+pub const USAGE: u8 = 2;
+/// The deploy failed and the app was rolled back to its last good release.
+pub const ROLLED_BACK: u8 = 3;
+/// A rollback failed: the app needs a person.
+pub const ROLLBACK_FAILED: u8 = 4;
+/// Another command or the daemon holds the app's lock.
+pub const BUSY: u8 = 5;
+
+/// The documented table, printed by `--help` epilogues and checked against the README by a test.
+pub const TABLE: &[(u8, &str)] = &[
+    (SUCCESS, "success"),
+    (FAILED, "failed; nothing changed"),
+    (USAGE, "usage or configuration error"),
+    (ROLLED_BACK, "deploy failed; rolled back to the last good release"),
+    (ROLLBACK_FAILED, "rollback failed; the app needs a person"),
+    (BUSY, "lock held by another command or the daemon"),
+];
+
+/// Maps an error chain to its exit code: the first typed [`Error`] in the chain decides; anything untyped is a
+/// plain failure.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(FAILED, Error::exit_code)
+}

@@ -1,0 +1,48 @@
+//! Durable small writes: the state file is replaced atomically (temp, fsync, rename, fsync directory), history is
+//! appended and fsynced. A reader never sees a torn file: it sees the old bytes or the new ones.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Replaces `path` with `bytes` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file path has a parent")?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    fsync_dir(dir)
+}
+
+/// Makes a directory's entries (renames, creations, removals) durable.
+pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
+    let f = File::open(dir).with_context(|| format!("opening directory {}", dir.display()))?;
+    f.sync_all().with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Appends one line and syncs it; the line is written with a single `write` on an `O_APPEND` descriptor.
+pub fn append_line(path: &Path, line: &[u8]) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line);
+    buf.push(b'\n');
+    f.write_all(&buf).with_context(|| format!("appending to {}", path.display()))?;
+    f.sync_data().with_context(|| format!("syncing {}", path.display()))
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,92 @@
+//! The append-only audit log `STATE_DIR/APP/history.jsonl`: one JSON object per line for every deploy, rollback,
+//! pin, prune and recovery, with who, why, timings and outcome. Lines are only ever appended.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub time: String,
+    pub app: String,
+    pub op: String,
+    pub version: Option<String>,
+    pub previous: Option<String>,
+    /// "ok", "rolled-back", "rollback-failed", "failed", "refused", "recovered".
+    pub outcome: String,
+    pub duration_ms: u64,
+    pub reason: Option<String>,
+    pub who: Who,
+    #[serde(default)]
+    pub steps: Vec<Timing>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Who {
+    pub uid: u32,
+    pub sudo_user: Option<String>,
+    pub pid: u32,
+}
+
+impl Who {
+    pub fn me() -> Who {
+        Who {
+            uid: rustix::process::getuid().as_raw(),
+            sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.sudo_user {
+            Some(u) => format!("{u} (uid {} via sudo)", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    pub step: String,
+    pub ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    pub fn new(app: &str, op: &str) -> Event {
+        Event {
+            time: fsutil::now_rfc3339(),
+            app: app.to_owned(),
+            op: op.to_owned(),
+            version: None,
+            previous: None,
+            outcome: "ok".to_owned(),
+            duration_ms: 0,
+            reason: None,
+            who: Who::me(),
+            steps: Vec::new(),
+            output: Vec::new(),
+        }
+    }
+}
+
+pub fn append(path: &Path, event: &Event) -> anyhow::Result<()> {
+    let line = serde_json::to_vec(event).context("serializing a history event")?;
+    fsutil::append_line(path, &line)
+}
+
+/// Reads every event; a torn last line (power loss mid-append) is skipped, not fatal.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Event>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}

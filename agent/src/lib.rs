@@ -1,0 +1,32 @@
+//! Switchback: a host-level atomic deployment agent. Releases are verified, unpacked into their own immutable
+//! directories, switched to with an atomic symlink rename, restarted, health-checked, and rolled back
+//! automatically when they fail. `main.rs` only parses arguments and prints errors; everything is here.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod unpack;
+pub mod version;
+
+mod activate;
+mod app;
+mod command;
+mod crashpoint;
+mod demo;
+mod deploy;
+mod fsutil;
+mod health;
+mod history;
+mod hooks;
+mod lock;
+mod owner;
+mod pin;
+mod reconcile;
+mod retention;
+mod rollback;
+mod service;
+mod state;
+mod status;
+mod store;
+mod timeline;

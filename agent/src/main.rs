@@ -1,0 +1,29 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = switchback::cli::Cli::parse();
+    let default = if cli.quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBACK_LOG").unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let json = cli.json;
+    match switchback::cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = switchback::exit::code_for(&e);
+            eprintln!("error: {e:#}");
+            if json {
+                let doc = serde_json::json!({ "schema": switchback::cli::JSON_SCHEMA, "error": format!("{e:#}"), "exit_code": code });
+                println!("{doc}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}

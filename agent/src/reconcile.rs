@@ -1,0 +1,94 @@
+//! Reconcile on start: make the state agree with the disk after whatever happened (crash, `kill -9`, power loss).
+//! Runs under the app's lock before every command that changes the app, and when the daemon starts. It removes
+//! staging leftovers, finishes or undoes an interrupted switch, and re-verifies a release that went live without
+//! being proven healthy (rolling back if it fails). What it did is written to history.
+
+use crate::activate;
+use crate::app::App;
+use crate::state::{AppState, Op, Step};
+use crate::timeline::Timeline;
+
+pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
+    app.store.prepare()?;
+    let removed = app.store.remove_leftovers()?;
+    let mut state = app.load_state()?;
+    let before = state.clone();
+    let on_disk = app.store.on_disk()?;
+    state.releases.retain(|v, _| on_disk.contains(v));
+    let actual = app.store.current()?;
+    let mut notes: Vec<String> = Vec::new();
+    if !removed.is_empty() {
+        notes.push(format!("removed leftovers of an interrupted run: {}", removed.join(", ")));
+    }
+    let mut ev = app.event("recover");
+    let mut failure = None;
+    if let Some(f) = state.in_flight.clone() {
+        let live = actual.as_ref() == Some(&f.version);
+        let was = |v: &Option<crate::version::Version>| v.as_ref().map_or("nothing".to_owned(), ToString::to_string);
+        match (f.op, f.step) {
+            (_, Step::Unpacking | Step::Released) | (Op::Deploy, Step::Switching | Step::Checking) if !live => {
+                state.in_flight = None;
+                state.current = actual.clone();
+                notes.push(
+                    format!(
+                        "{:?} of {} (pid {}) was interrupted before the switch; still on {}",
+                        f.op,
+                        f.version,
+                        f.pid,
+                        was(&actual)
+                    )
+                    .to_lowercase(),
+                );
+            }
+            _ => {
+                // Live but never proven (or a rollback that must be finished): restart and verify now.
+                notes.push(
+                    format!(
+                        "{:?} of {} (pid {}) was interrupted at step {:?}; finishing it: restart and verify",
+                        f.op, f.version, f.pid, f.step
+                    )
+                    .to_lowercase(),
+                );
+                ev.version = Some(f.version.to_string());
+                ev.previous = f.previous.as_ref().map(ToString::to_string);
+                tl.note(&format!("recovering: {}", notes.last().map(String::as_str).unwrap_or("")));
+                match activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev)? {
+                    Ok(health) => {
+                        state.commit(&f.version);
+                        notes.push(format!("{} is healthy ({health})", f.version));
+                    }
+                    Err(reason) if f.op == Op::Deploy => {
+                        let err = activate::fall_back(app, &mut state, &f.version, &reason, tl, &mut ev)?;
+                        notes.push(format!("{err}"));
+                        failure = Some(err);
+                    }
+                    Err(reason) => {
+                        let err = activate::degrade(app, &mut state, &f.version, &reason)?;
+                        notes.push(format!("{err}"));
+                        failure = Some(err);
+                    }
+                }
+            }
+        }
+    } else if state.current != actual {
+        notes.push(format!(
+            "state said current is {}, the symlink says {}: state corrected",
+            state.current.as_ref().map_or("nothing".into(), ToString::to_string),
+            actual.as_ref().map_or("nothing".into(), ToString::to_string)
+        ));
+        state.current = actual;
+    }
+    if state != before {
+        app.save_state(&state)?;
+    }
+    if !notes.is_empty() {
+        ev.outcome = if failure.is_some() { "failed".into() } else { "recovered".into() };
+        ev.reason = Some(notes.join("; "));
+        ev.steps = std::mem::take(&mut tl.steps);
+        tl.steps.clone_from(&ev.steps);
+        tl.note(&format!("reconciled {}: {}", app.name, notes.join("; ")));
+        tracing::warn!("{}: reconciled: {}", app.name, notes.join("; "));
+        app.record(&ev)?;
+    }
+    Ok(state)
+}

@@ -1,0 +1,100 @@
+//! `rollback APP [--to V]`: switch to the most recent good release before the current one (or the named one),
+//! restart and verify, without any network. The release left behind is marked bad so that no automation brings
+//! it back.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::activate;
+use crate::app::App;
+use crate::error::Error;
+use crate::history::Timing;
+use crate::reconcile;
+use crate::state::Op;
+use crate::timeline::Timeline;
+use crate::version::Version;
+
+#[derive(Debug, Serialize)]
+pub struct RollbackOutcome {
+    pub app: String,
+    pub from: String,
+    pub to: String,
+    pub health: String,
+    pub steps: Vec<Timing>,
+}
+
+pub fn rollback(
+    app: &App,
+    to: Option<&Version>,
+    reason: Option<&str>,
+    force: bool,
+    wait: Duration,
+    print: bool,
+) -> anyhow::Result<RollbackOutcome> {
+    let mut tl = Timeline::new(print);
+    let _lock = tl.step("lock", || app.lock(wait).map(|l| (l, None)))?;
+    let mut state = reconcile::reconcile(app, &mut tl)?;
+    let current = app.store.current()?.ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?;
+    let on_disk = app.store.on_disk()?;
+    let target = match to {
+        Some(v) if !on_disk.contains(v) => {
+            let available = on_disk.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            return Err(Error::NotOnDisk {
+                app: app.name.clone(),
+                version: v.to_string(),
+                available: if available.is_empty() { "none".into() } else { available },
+            }
+            .into());
+        }
+        Some(v) if *v == current => {
+            return Err(Error::Usage(format!("`{v}` is already the current release of `{}`", app.name)).into())
+        }
+        Some(v) => {
+            if let (Some(bad), false) = (state.bad.get(v), force) {
+                return Err(Error::MarkedBad {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    reason: bad.reason.clone(),
+                }
+                .into());
+            }
+            v.clone()
+        }
+        None => state
+            .rollback_target(Some(&current), &on_disk)
+            .ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?,
+    };
+    if let Some(pin) = &state.pin {
+        if pin.version != target && !force {
+            return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
+        }
+    }
+    let mut ev = app.event("rollback");
+    ev.version = Some(target.to_string());
+    ev.previous = Some(current.to_string());
+    ev.reason = reason.map(str::to_owned);
+    tl.note(&format!("rolling back {} from {current} to {target}", app.name));
+    let health = app.recorded(ev, &mut tl, |ev, tl| {
+        let why =
+            format!("manual rollback by {}{}", ev.who.describe(), reason.map(|r| format!(": {r}")).unwrap_or_default());
+        state.mark_bad(&current, &why);
+        match activate::go_live(app, &mut state, &target, Some(&current), Op::Rollback, tl, ev)? {
+            Ok(health) => {
+                state.bad.remove(&target);
+                state.commit(&target);
+                app.save_state(&state)?;
+                activate::after_rollback(app, &target, &current, ev);
+                Ok(health)
+            }
+            Err(reason) => Err(activate::degrade(app, &mut state, &target, &reason)?.into()),
+        }
+    })?;
+    Ok(RollbackOutcome {
+        app: app.name.clone(),
+        from: current.to_string(),
+        to: target.to_string(),
+        health,
+        steps: tl.steps,
+    })
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: each drives the real `switchback` binary on its own temporary host tree.
+
+mod harness;
+
+mod cli;
+mod hostile;
