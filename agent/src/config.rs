@@ -153,7 +153,7 @@ impl Default for HealthPolicy {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksConfig {
     pub before_activate: Option<Vec<String>>,
@@ -161,6 +161,17 @@ pub struct HooksConfig {
     pub after_rollback: Option<Vec<String>>,
     #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            before_activate: None,
+            after_activate: None,
+            after_rollback: None,
+            timeout: default_hook_timeout(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -429,6 +440,12 @@ before_activate = ["bin/migrate"]
         assert_eq!(web.health.interval, Duration::from_millis(500));
         assert_eq!(web.checks[0].expect_status, Some(200));
         assert_eq!(c.agent.poll_interval, Duration::from_secs(30));
+        // Tables left out get the documented defaults, not zeroes.
+        let bare = parse("[apps.api]\nroot = \"/srv/api\"\n").unwrap();
+        let api = bare.app("api").unwrap();
+        assert_eq!(api.hooks.timeout, Duration::from_secs(300));
+        assert_eq!(api.health.deadline, Duration::from_secs(60));
+        assert_eq!(api.limits.max_entries, 500_000);
     }
 
     #[test]

@@ -1,12 +1,287 @@
-//! `switchback demo` (filled in below) and the demo's tiny HTTP service.
+//! `switchback demo`: a self-contained walkthrough in a temporary directory that needs nothing installed. It
+//! builds three releases of a tiny HTTP service (this binary's hidden `demo-service` subcommand), deploys v1
+//! (healthy), v2 (answers 500: rolled back automatically), v3 (healthy), then rolls back by hand, printing a
+//! timeline. It stops the service it started before returning.
+//!
+//! The service reads its release directory once at start, like real code: `health` holds the status code that
+//! `/healthz` answers, `crash` makes it exit at once, `unhealthy_after` (seconds) makes it turn unhealthy later.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::version::Version;
 
 #[derive(Debug, clap::Args)]
-pub struct ServiceArgs {}
-
-pub fn run(_keep: bool) -> anyhow::Result<()> {
-    anyhow::bail!("the demo is not built yet")
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    action: ServiceAction,
 }
 
-pub fn serve(_args: &ServiceArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the demo service is not built yet")
+#[derive(Debug, clap::Subcommand)]
+enum ServiceAction {
+    /// Stop the running instance (from the pid file) and start a new one serving ROOT/current, detached
+    Restart {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        pidfile: PathBuf,
+    },
+    /// Stop the running instance
+    Stop {
+        #[arg(long)]
+        pidfile: PathBuf,
+    },
+    /// Serve HTTP from a release directory (in the foreground)
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+pub fn serve(args: &ServiceArgs) -> anyhow::Result<()> {
+    match &args.action {
+        ServiceAction::Restart { root, port, pidfile } => {
+            stop(pidfile)?;
+            let dir =
+                root.join("current").canonicalize().with_context(|| format!("resolving {}/current", root.display()))?;
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let child = std::process::Command::new(exe)
+                .args(["demo-service", "serve", "--port", &port.to_string(), "--dir"])
+                .arg(&dir)
+                .current_dir(&dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting the demo service")?;
+            std::fs::write(pidfile, child.id().to_string())
+                .with_context(|| format!("writing {}", pidfile.display()))?;
+            Ok(())
+        }
+        ServiceAction::Stop { pidfile } => stop(pidfile),
+        ServiceAction::Serve { dir, port } => run_service(dir, *port),
+    }
+}
+
+/// Stops the process named in the pid file (TERM, then KILL after 2 s) and removes the file.
+fn stop(pidfile: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(pidfile) else { return Ok(()) };
+    if let Some(pid) = text.trim().parse::<i32>().ok().and_then(rustix::process::Pid::from_raw) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let _ = std::fs::remove_file(pidfile);
+    Ok(())
+}
+
+/// Whether a process exists and is not a zombie (an exited service whose parent is gone may wait a while to be
+/// reaped, but it no longer holds its port).
+fn alive(pid: rustix::process::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+fn run_service(dir: &Path, port: u16) -> anyhow::Result<()> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok().map(|s| s.trim().to_owned());
+    if read("crash").is_some() {
+        anyhow::bail!("this release crashes at start");
+    }
+    let version = read("version.txt").unwrap_or_else(|| "unknown".into());
+    let health: u16 = read("health").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let unhealthy_after = read("unhealthy_after").and_then(|s| s.parse::<f64>().ok()).map(Duration::from_secs_f64);
+    let started = Instant::now();
+    // A restart may race the old instance's exit for the port: retry briefly.
+    let listener = (0..100)
+        .find_map(|_| {
+            TcpListener::bind(("127.0.0.1", port)).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                None
+            })
+        })
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut line = String::new();
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            continue;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/");
+        let sick = unhealthy_after.is_some_and(|d| started.elapsed() >= d);
+        let (status, body) = match path {
+            "/healthz" if sick => (500, format!("{version} turned unhealthy\n")),
+            "/healthz" => (health, format!("{version} {}\n", if health == 200 { "ok" } else { "broken" })),
+            _ => (200, format!("hello from {version}\n")),
+        };
+        let _ =
+            write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    }
+    Ok(())
+}
+
+/// Builds a release archive of the demo service: `version.txt`, `health`, plus extra files.
+fn release_archive(path: &Path, version: &str, health: u16) -> anyhow::Result<()> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("version.txt", version.to_owned()),
+        ("health", health.to_string()),
+        ("README", format!("demo release {version}\n")),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data.as_bytes())?;
+    }
+    let tar = b.into_inner()?;
+    std::fs::write(path, zstd::encode_all(&tar[..], 3)?).with_context(|| format!("writing {}", path.display()))
+}
+
+fn fetch(port: u16, path: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(2)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(mut r) => format!("{} {}", r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default().trim()),
+        Err(e) => format!("no answer ({e})"),
+    }
+}
+
+pub fn run(keep: bool) -> anyhow::Result<()> {
+    let tmp =
+        tempfile::Builder::new().prefix("switchback-demo-").tempdir().context("creating a temporary directory")?;
+    let dir = tmp.path().to_owned();
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let pidfile = dir.join("demo-service.pid");
+    let result = walkthrough(&dir, port, &pidfile);
+    stop(&pidfile)?;
+    if keep {
+        let kept = tmp.keep();
+        println!("\nkept {} (config: {}/switchback.toml)", kept.display(), kept.display());
+    }
+    result
+}
+
+fn walkthrough(dir: &Path, port: u16, pidfile: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let root = dir.join("srv/demo");
+    let config_path = dir.join("switchback.toml");
+    let q = |p: &Path| toml_str(&p.display().to_string());
+    let config = format!(
+        r#"[agent]
+state_dir = {state}
+
+[apps.demo]
+root = {root}
+keep = 5
+
+[apps.demo.service]
+restart = [{exe}, "demo-service", "restart", "--root", {root}, "--port", "{port}", "--pidfile", {pid}]
+timeout = "10s"
+
+[[apps.demo.checks]]
+http = "http://127.0.0.1:{port}/healthz"
+expect_status = 200
+timeout = "1s"
+
+[apps.demo.health]
+interval = "250ms"
+healthy_after = 2
+deadline = "3s"
+bake = "1s"
+"#,
+        state = q(&dir.join("state")),
+        root = q(&root),
+        exe = q(&exe),
+        pid = q(pidfile),
+    );
+    std::fs::write(&config_path, &config)?;
+    let config = Config::load(&config_path)?;
+    let app = App::from_config(&config, "demo")?;
+    let wait = Duration::from_secs(5);
+
+    println!("Switchback demo in {}", dir.display());
+    println!(
+        "A tiny HTTP service on 127.0.0.1:{port}; /healthz must answer 200 twice in a row (every 250ms, within 3s),"
+    );
+    println!(
+        "then keep answering 200 for a 1s bake window. Three releases: v1 healthy, v2 broken (500), v3 healthy.\n"
+    );
+    for (v, health) in [("v1", 200), ("v2", 500), ("v3", 200)] {
+        release_archive(&dir.join(format!("{v}.tar.zst")), v, health)?;
+    }
+    let t0 = Instant::now();
+    let stamp = || format!("[{:>5.1}s]", t0.elapsed().as_secs_f64());
+    for v in ["v1", "v2", "v3"] {
+        println!("{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp());
+        let req = crate::deploy::DeployRequest {
+            archive: dir.join(format!("{v}.tar.zst")),
+            version: Version::parse(v)?,
+            force: false,
+            reason: Some("demo".into()),
+        };
+        match crate::deploy::deploy(&app, &req, wait, true) {
+            Ok(out) => println!("{} => {v} is live and healthy ({})", stamp(), out.health),
+            Err(e) => {
+                let code = crate::exit::code_for(&e);
+                println!("{} => exit code {code}: {e:#}", stamp());
+                if code != crate::exit::ROLLED_BACK {
+                    return Err(e);
+                }
+            }
+        }
+        println!("         GET / -> {}\n", fetch(port, "/"));
+    }
+    println!("{} switchback rollback demo --reason \"demo: back to the previous good release\"", stamp());
+    let out =
+        crate::rollback::rollback(&app, None, Some("demo: back to the previous good release"), false, wait, true)?;
+    println!(
+        "{} => rolled back from {} to {} ({}); v2 is skipped because it is marked bad",
+        stamp(),
+        out.from,
+        out.to,
+        out.health
+    );
+    println!("         GET / -> {}\n", fetch(port, "/"));
+
+    println!("switchback status demo");
+    crate::status::print_human(&crate::status::app_status(&app)?);
+    println!("\nswitchback history demo");
+    for e in crate::history::read(&app.history_path())? {
+        let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}ms", s.step, s.ms)).collect();
+        println!(
+            "  {:<8} {:<4} {:<16} {:>5}ms  [{}]{}",
+            e.op,
+            e.version.as_deref().unwrap_or(""),
+            e.outcome,
+            e.duration_ms,
+            steps.join(", "),
+            e.reason.map(|r| format!("\n           why: {r}")).unwrap_or_default()
+        );
+    }
+    println!(
+        "\nDone in {:.1}s. The service was stopped; the directory is removed unless --keep was given.",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
 }

@@ -46,7 +46,7 @@ pub struct DeployOutcome {
 
 pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = tl.step("lock", || app.lock(wait).map(|l| (l, None)))?;
+    let _lock = app.lock(wait)?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let mut ev = app.event("deploy");
     ev.version = Some(req.version.to_string());

@@ -33,7 +33,7 @@ pub fn rollback(
     print: bool,
 ) -> anyhow::Result<RollbackOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = tl.step("lock", || app.lock(wait).map(|l| (l, None)))?;
+    let _lock = app.lock(wait)?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let current = app.store.current()?.ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?;
     let on_disk = app.store.on_disk()?;

@@ -29,7 +29,11 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
                 done.tail.last().map(String::as_str).unwrap_or("no output")
             ));
         }
-        return Ok(Restarted { detail: format!("`{}` {}", argv.join(" "), done.status), ..Restarted::default() });
+        let program = Path::new(&argv[0]).file_name().map_or(argv[0].clone(), |n| n.to_string_lossy().into_owned());
+        return Ok(Restarted {
+            detail: format!("restart command ({program}) {}", done.status),
+            ..Restarted::default()
+        });
     }
     let unit = svc.unit.clone().unwrap_or_default();
     let verb = if svc.reload { "reload" } else { "restart" };

@@ -224,3 +224,53 @@ impl Release {
 pub fn zst(tar: &[u8]) -> Vec<u8> {
     zstd::encode_all(tar, 3).unwrap()
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The demo HTTP service of the binary, restarted through the configured `restart` command. Stopped on drop.
+pub struct Service {
+    pub port: u16,
+    pub pidfile: PathBuf,
+}
+
+impl Service {
+    /// App config that restarts the demo service and checks its /healthz, plus `extra` TOML.
+    pub fn host(health: &str, extra: &str) -> (Host, Service) {
+        let h = Host::new();
+        let port = free_port();
+        let pidfile = h.path().join("service.pid");
+        let cfg = format!(
+            "[apps.web.service]\nrestart = [\"{BIN}\", \"demo-service\", \"restart\", \"--root\", \"{root}\", \"--port\", \"{port}\", \"--pidfile\", \"{pid}\"]\ntimeout = \"10s\"\n\n[[apps.web.checks]]\nhttp = \"http://127.0.0.1:{port}/healthz\"\nexpect_status = 200\ntimeout = \"1s\"\n\n[apps.web.health]\n{health}\n{extra}",
+            root = h.root().display(),
+            pid = pidfile.display()
+        );
+        h.write_config(&cfg);
+        (h, Service { port, pidfile })
+    }
+
+    /// GET a path from the service: (status, body), or None when nothing answers.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned()))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).args(["demo-service", "stop", "--pidfile"]).arg(&self.pidfile).status();
+    }
+}
+
+/// A release of the demo service: `health` is the status /healthz answers; extra files may follow.
+pub fn service_release(version: &str, health: u16) -> Release {
+    Release::new().file("version.txt", version.as_bytes(), 0o644).file("health", health.to_string().as_bytes(), 0o644)
+}
