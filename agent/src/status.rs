@@ -124,7 +124,7 @@ pub fn print_human(s: &AppStatus) {
 }
 
 pub fn print_releases(s: &AppStatus) {
-    println!("{:<20} {:<8} {:<18} {}", "VERSION", "", "UNPACKED", "SHA256");
+    println!("{:<20} {:<8} {:<18} SHA256", "VERSION", "", "UNPACKED");
     for r in &s.releases {
         let mut flags = Vec::new();
         if r.current {
