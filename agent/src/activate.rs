@@ -47,16 +47,8 @@ pub fn go_live(
     };
     crashpoint::hit("after-restart");
     if op == Op::Deploy {
-        match hooks::run(app, Hook::AfterActivate, v, prev, &release_dir) {
-            Ok(Some(run)) => {
-                tl.record("hook", 0, Some(run.summary));
-                ev.output.extend(run.tail);
-            }
-            Ok(None) => {}
-            Err((reason, tail)) => {
-                ev.output.extend(tail);
-                return Ok(Err(reason));
-            }
+        if let Err(reason) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
+            return Ok(Err(reason));
         }
     }
     let verdict = tl.step("checks", || match health::verify(app, v, &release_dir, &restarted, &mut ()) {

@@ -118,18 +118,10 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         }
         let release_dir = app.store.release_dir(v);
         let prev = previous.as_ref().map(Version::as_str);
-        match hooks::run(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir) {
-            Ok(Some(run)) => {
-                tl.record("hook", 0, Some(run.summary));
-                ev.output.extend(run.tail);
-            }
-            Ok(None) => {}
-            Err((reason, tail)) => {
-                ev.output.extend(tail);
-                state.in_flight = None;
-                app.save_state(&state)?;
-                anyhow::bail!("{reason}; nothing was activated");
-            }
+        if let Err(reason) = hooks::run_in(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir, tl, ev) {
+            state.in_flight = None;
+            app.save_state(&state)?;
+            anyhow::bail!("{reason}; nothing was activated");
         }
         match activate::go_live(app, &mut state, v, previous.as_ref(), Op::Deploy, tl, ev)? {
             Ok(health) => {

@@ -62,6 +62,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// `version` is not among the releases `on_disk`; the message lists those that are.
+    pub fn not_on_disk(app: &str, version: &crate::version::Version, on_disk: &[crate::version::Version]) -> Error {
+        let available = on_disk.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Error::NotOnDisk {
+            app: app.to_owned(),
+            version: version.to_string(),
+            available: if available.is_empty() { "none".into() } else { available },
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion { .. } | Error::Usage(_) => {

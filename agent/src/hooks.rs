@@ -67,3 +67,28 @@ pub fn run(
         Err(e) => Err((format!("hook {} ({}) failed: {e:#}", hook.name(), argv.join(" ")), Vec::new())),
     }
 }
+
+/// Runs a hook inside an operation: its summary goes to the timeline and its output's last lines into the history
+/// event. `Err` is the reason it failed.
+pub fn run_in(
+    app: &App,
+    hook: Hook,
+    version: &str,
+    previous: Option<&str>,
+    release_dir: &Path,
+    tl: &mut crate::timeline::Timeline,
+    ev: &mut crate::history::Event,
+) -> Result<(), String> {
+    match run(app, hook, version, previous, release_dir) {
+        Ok(Some(done)) => {
+            tl.record("hook", 0, Some(done.summary));
+            ev.output.extend(done.tail);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err((reason, tail)) => {
+            ev.output.extend(tail);
+            Err(reason)
+        }
+    }
+}

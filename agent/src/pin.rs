@@ -17,13 +17,7 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, wait: Duration) -
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let on_disk = app.store.on_disk()?;
     if !on_disk.contains(version) {
-        let available = on_disk.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-        return Err(Error::NotOnDisk {
-            app: app.name.clone(),
-            version: version.to_string(),
-            available: if available.is_empty() { "none".into() } else { available },
-        }
-        .into());
+        return Err(Error::not_on_disk(&app.name, version, &on_disk).into());
     }
     let mut ev = app.event("pin");
     ev.version = Some(version.to_string());

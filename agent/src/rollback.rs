@@ -38,15 +38,7 @@ pub fn rollback(
     let current = app.store.current()?.ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?;
     let on_disk = app.store.on_disk()?;
     let target = match to {
-        Some(v) if !on_disk.contains(v) => {
-            let available = on_disk.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            return Err(Error::NotOnDisk {
-                app: app.name.clone(),
-                version: v.to_string(),
-                available: if available.is_empty() { "none".into() } else { available },
-            }
-            .into());
-        }
+        Some(v) if !on_disk.contains(v) => return Err(Error::not_on_disk(&app.name, v, &on_disk).into()),
         Some(v) if *v == current => {
             return Err(Error::Usage(format!("`{v}` is already the current release of `{}`", app.name)).into())
         }

