@@ -474,6 +474,14 @@ impl Unpacker<'_> {
                     .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
             }
         }
+        // The release root itself (a staging directory made private while it was filled) is readable like any
+        // other directory of the release, so a service running as another user can read its code.
+        rustix::fs::fchmod(self.tree.root, Mode::from_raw_mode(0o755))
+            .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
+        if let Some(o) = self.owner {
+            rustix::fs::fchown(self.tree.root, Some(o.uid), Some(o.gid))
+                .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
+        }
         let mut dirs: Vec<(&Comps, Option<u32>)> = self
             .seen
             .iter()

@@ -222,10 +222,23 @@ fn files_are_read_only_and_shared_paths_are_linked() {
     std::fs::write(h.root().join("shared/config/env"), "SECRET=1").unwrap();
     let r = Release::new().file("bin/app", b"#!/bin/sh\n", 0o4755).dir("log", 0o777).file("log/old.log", b"x", 0o666);
     let a = h.archive("v1.tar.zst", &r.build());
-    h.deploy(&a, "v1").expect(0);
+    // Under a restrictive umask (a service's UMask=0077), modes still come from the archive, sanitised.
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077; exec {BIN} --config {} deploy web --file {} --version v1",
+            h.config.display(),
+            a.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(h.root().join("current/bin/app")).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o555);
+    // The release directory is readable by the service's user, not only by the agent.
+    let mode = std::fs::metadata(h.root().join("releases/v1")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
     let log = std::fs::read_link(h.root().join("releases/v1/log")).unwrap();
     assert_eq!(log, std::path::Path::new("../../shared/log"));
     assert!(h.root().join("shared/log").is_dir());
