@@ -51,11 +51,8 @@ pub fn go_live(
             return Ok(Err(reason));
         }
     }
-    let verdict = tl.step("checks", || match health::verify(app, v, &release_dir, &restarted, &mut ()) {
-        Ok(summary) => Ok((Ok(summary.clone()), Some(summary))),
-        Err(reason) => Err::<(Result<String, String>, Option<String>), String>(reason),
-    });
-    let verdict = verdict.unwrap_or_else(Err);
+    let verdict =
+        tl.step("checks", || health::verify(app, v, &release_dir, &restarted, &mut ()).map(|s| (s.clone(), Some(s))));
     state.last_health = Some(HealthSummary {
         at: fsutil::now_rfc3339(),
         version: Some(target.clone()),

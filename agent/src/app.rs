@@ -95,8 +95,7 @@ impl App {
     ) -> anyhow::Result<T> {
         let result = f(&mut ev, tl);
         ev.duration_ms = tl.elapsed_ms();
-        ev.steps = std::mem::take(&mut tl.steps);
-        tl.steps.clone_from(&ev.steps);
+        ev.steps = tl.steps.clone();
         if let Err(e) = &result {
             ev.outcome = match crate::exit::code_for(e) {
                 crate::exit::ROLLED_BACK => "rolled-back",

@@ -84,8 +84,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
     if !notes.is_empty() {
         ev.outcome = if failure.is_some() { "failed".into() } else { "recovered".into() };
         ev.reason = Some(notes.join("; "));
-        ev.steps = std::mem::take(&mut tl.steps);
-        tl.steps.clone_from(&ev.steps);
+        ev.steps = tl.steps.clone();
         tl.note(&format!("reconciled {}: {}", app.name, notes.join("; ")));
         tracing::warn!("{}: reconciled: {}", app.name, notes.join("; "));
         app.record(&ev)?;
