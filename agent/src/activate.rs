@@ -51,8 +51,14 @@ pub fn go_live(
             return Ok(Err(reason));
         }
     }
-    let verdict =
-        tl.step("checks", || health::verify(app, v, &release_dir, &restarted, &mut ()).map(|s| (s.clone(), Some(s))));
+    let verdict = tl.step("checks", || {
+        health::verify(app, v, &release_dir, &restarted).map(|verdict| {
+            let detail = match &verdict {
+                Ok(s) | Err(s) => s.clone(),
+            };
+            (verdict, Some(detail))
+        })
+    })?;
     state.last_health = Some(HealthSummary {
         at: fsutil::now_rfc3339(),
         version: Some(target.clone()),

@@ -51,6 +51,37 @@ impl App {
         AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait)
     }
 
+    /// Like [`App::lock`], for an operator's command that must take effect promptly: when the daemon holds the
+    /// lock for a deploy, it is asked to cancel that step (`STATE_DIR/APP/cancel`), and the command waits long
+    /// enough for the daemon to reach safety (back on the last good release, if it had switched).
+    pub fn lock_preempting(&self, wait: Duration, command: &str) -> anyhow::Result<AppLock> {
+        if crate::progress::in_worker() {
+            return self.lock(wait);
+        }
+        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
+        let path = self.state_dir.join("lock");
+        if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO) {
+            return Ok(lock);
+        }
+        let Some(daemon) = crate::daemon::info(self).filter(|d| d.activity.starts_with("deploying")) else {
+            return AppLock::acquire(&self.name, &path, wait);
+        };
+        let cancel = self.state_dir.join(crate::progress::CANCEL_FILE);
+        let who = crate::history::Who::me();
+        std::fs::write(&cancel, format!("`switchback {command}` by {} (pid {})\n", who.describe(), who.pid))
+            .with_context(|| format!("writing {}", cancel.display()))?;
+        eprintln!(
+            "{}: the daemon (pid {}) is busy ({}); asked it to cancel that, waiting for it",
+            self.name, daemon.pid, daemon.activity
+        );
+        let h = &self.cfg.health;
+        let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);
+        let enough = h.start_period + h.deadline + restart + Duration::from_secs(30);
+        let lock = AppLock::acquire(&self.name, &path, wait.max(enough));
+        let _ = std::fs::remove_file(&cancel);
+        lock
+    }
+
     pub fn load_state(&self) -> anyhow::Result<AppState> {
         AppState::load(&self.state_path())
     }

@@ -47,12 +47,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Deploy an archive as VERSION now and wait for the outcome
+    /// Run the agent: follow each app's channel and inbox, deploy what they name (systemd Type=notify)
+    Daemon,
+    /// Deploy VERSION now and wait for the outcome: from --file, from disk, or from the app's source
     Deploy {
         app: String,
-        /// The release archive (.tar.zst)
+        /// The release archive (.tar.zst); without it the release must be on disk or named by the app's signed
+        /// channel manifest
         #[arg(long, value_name = "ARCHIVE")]
-        file: PathBuf,
+        file: Option<PathBuf>,
         #[arg(long)]
         version: String,
         /// Deploy even a version marked bad, or while the app is pinned
@@ -100,6 +103,13 @@ pub enum Command {
     },
     /// Run the health checks against the current release now
     Check { app: String },
+    /// Write a minisign key pair for signing manifests: PREFIX.key (no password, for CI) and PREFIX.pub
+    Keygen {
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Pack (or take) a release, upload it to BASE/APP/releases/, then sign and write the channel manifest
+    Publish(PublishArgs),
     /// Configuration commands
     Config {
         #[command(subcommand)]
@@ -116,15 +126,54 @@ pub enum Command {
     DemoService(crate::demo::ServiceArgs),
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The bucket base, e.g. s3://bucket/deploy (the app's files go under BASE/APP/)
+    #[arg(long, value_name = "BASE")]
+    to: String,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    channel: String,
+    #[arg(long)]
+    version: String,
+    /// The secret key written by `switchback keygen`
+    #[arg(long, value_name = "PREFIX.key")]
+    key: PathBuf,
+    /// The directory to pack into a deterministic .tar.zst
+    #[arg(value_name = "DIR", conflicts_with_all = ["file", "promote_only"])]
+    dir: Option<PathBuf>,
+    /// An archive to upload as it is
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "promote_only")]
+    file: Option<PathBuf>,
+    /// Point the channel at a version uploaded before (promotion, or a deliberate rollback)
+    #[arg(long)]
+    promote_only: bool,
+    /// How long the manifest stays valid
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    expires_in: Duration,
+    /// S3-compatible endpoint (as the app's `endpoint`)
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Allow a plain-http endpoint
+    #[arg(long)]
+    allow_http: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print what is wrong
     Check,
 }
 
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
 fn load_config(cli: &Cli) -> Result<Config, Error> {
-    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    Config::load(&path)
+    Config::load(&config_path(cli))
 }
 
 fn version(s: &str) -> Result<Version, Error> {
@@ -147,15 +196,66 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
     let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
     match &cli.command {
+        Command::Daemon => return crate::daemon::run(&config_path(&cli)),
+        Command::Keygen { out } => {
+            let pk = crate::manifest::keygen(out)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "public_key": pk, "prefix": out }))?;
+            } else {
+                println!("wrote {0}.key (secret, no password) and {0}.pub", out.display());
+                println!("trusted_keys = [\"{pk}\"]");
+            }
+        }
+        Command::Publish(a) => {
+            let out = crate::publish::publish(&crate::publish::PublishRequest {
+                base: a.to.clone(),
+                app: a.app.clone(),
+                channel: a.channel.clone(),
+                version: version(&a.version)?,
+                key: a.key.clone(),
+                dir: a.dir.clone(),
+                file: a.file.clone(),
+                promote_only: a.promote_only,
+                expires_in: a.expires_in,
+                options: crate::source::Options {
+                    endpoint: a.endpoint.clone(),
+                    region: a.region.clone(),
+                    allow_http: a.allow_http,
+                },
+            })?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                println!(
+                    "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{})",
+                    out.app,
+                    out.channel,
+                    out.version,
+                    out.sequence,
+                    out.sha256,
+                    out.size,
+                    if out.uploaded { ", uploaded" } else { ", already uploaded" }
+                );
+            }
+        }
         Command::Deploy { app: name, file, version: v, force, reason } => {
-            let req = crate::deploy::DeployRequest {
-                archive: file.clone(),
-                version: version(v)?,
-                force: *force,
-                reason: reason.clone(),
-            };
             let app = app(name)?;
-            let out = crate::deploy::deploy(&app, &req, cli.wait, print)?;
+            let v = version(v)?;
+            let out = match file {
+                Some(file) => crate::deploy::deploy(
+                    &app,
+                    &crate::deploy::DeployRequest {
+                        archive: Some(file.clone()),
+                        expected_sha256: None,
+                        version: v,
+                        force: *force,
+                        reason: reason.clone(),
+                    },
+                    cli.wait,
+                    print,
+                )?,
+                None => crate::pull::deploy_version(&app, &v, *force, reason.clone(), cli.wait, print)?,
+            };
             if cli.json {
                 print_json(&out)?;
             } else {
@@ -291,7 +391,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Config { command: ConfigCommand::Check } => {
-            let path = cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            let path = config_path(&cli);
             let config = Config::load(&path)?;
             if cli.json {
                 print_json(

@@ -27,6 +27,10 @@ pub fn run(argv: &[String], cwd: &Path, env: &[(String, String)], timeout: Durat
         .args(&argv[1..])
         .current_dir(cwd)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // The daemon's systemd notify socket and watchdog are its own, not the app's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out.try_clone()?)
@@ -44,6 +48,7 @@ pub fn run(argv: &[String], cwd: &Path, env: &[(String, String)], timeout: Durat
             let _ = child.wait();
             break None;
         }
+        crate::progress::beat();
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut text = String::new();

@@ -42,7 +42,16 @@ pub struct AppConfig {
     pub root: PathBuf,
     #[serde(default = "default_keep")]
     pub keep: usize,
+    /// The app's place in the artifact bucket, `BASE/APP` (s3://, gs://, az://, https://, file://).
     pub source: Option<String>,
+    /// S3-compatible endpoint (e.g. a MinIO or Garage server); AWS itself needs none.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Allow plain-http endpoints (loopback test servers); off by default.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// A directory watched for `*.json` manifests (+ `.minisig`) with their archives, deployed at once.
+    pub inbox: Option<PathBuf>,
     #[serde(default = "default_channel")]
     pub channel: String,
     #[serde(default)]
@@ -313,6 +322,33 @@ impl Config {
                     ));
                 }
             }
+            if let Some(src) = &app.source {
+                let scheme = src.split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("s3" | "gs" | "az" | "abfs" | "https" | "http" | "file")) {
+                    return Err(format!(
+                        "{}: `{src}` must start with s3://, gs://, az://, https:// or file://",
+                        key("source")
+                    ));
+                }
+                if scheme == Some("http") && !app.allow_http {
+                    return Err(format!("{}: plain http:// needs `allow_http = true`", key("source")));
+                }
+            }
+            if let Some(inbox) = &app.inbox {
+                if !inbox.is_absolute() {
+                    return Err(format!("{}: expected an absolute path, got {}", key("inbox"), inbox.display()));
+                }
+            }
+            if (app.source.is_some() || app.inbox.is_some()) && app.trusted_keys.is_empty() {
+                return Err(format!(
+                    "{}: a `source` or `inbox` needs at least one key to verify manifests with",
+                    key("trusted_keys")
+                ));
+            }
+            crate::manifest::parse_keys(&app.trusted_keys).map_err(|e| format!("{}: {e}", key("trusted_keys")))?;
+            if !valid_app_name(&app.channel) {
+                return Err(format!("{}: channel names must match [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", key("channel")));
+            }
             if let Some(owner) = &app.owner {
                 crate::owner::Owner::parse(owner).map_err(|e| format!("{}: {e}", key("owner")))?;
             }
@@ -385,7 +421,7 @@ impl Config {
     }
 }
 
-fn valid_app_name(name: &str) -> bool {
+pub fn valid_app_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 64

@@ -231,7 +231,8 @@ bake = "1s"
     for v in ["v1", "v2", "v3"] {
         println!("{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp());
         let req = crate::deploy::DeployRequest {
-            archive: dir.join(format!("{v}.tar.zst")),
+            archive: Some(dir.join(format!("{v}.tar.zst"))),
+            expected_sha256: None,
             version: Version::parse(v)?,
             force: false,
             reason: Some("demo".into()),

@@ -26,7 +26,10 @@ use crate::version::Version;
 
 #[derive(Debug, Clone)]
 pub struct DeployRequest {
-    pub archive: PathBuf,
+    /// The archive; `None` deploys a release already on disk (no network, no unpack).
+    pub archive: Option<PathBuf>,
+    /// The sha256 a signed manifest promised for this version, if one did.
+    pub expected_sha256: Option<String>,
     pub version: Version,
     pub force: bool,
     pub reason: Option<String>,
@@ -46,7 +49,7 @@ pub struct DeployOutcome {
 
 pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = app.lock(wait)?;
+    let _lock = app.lock_preempting(wait, "deploy")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let mut ev = app.event("deploy");
     ev.version = Some(req.version.to_string());
@@ -76,10 +79,25 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
             }
         }
-        let (sha, size) = tl.step("verify", || {
-            sha256_file(&req.archive).map(|(s, n)| ((s.clone(), n), Some(format!("sha256 {}", &s[..16]))))
-        })?;
         let on_disk = app.store.on_disk()?;
+        let (sha, size) = match &req.archive {
+            Some(archive) => tl.step("verify", || {
+                sha256_file(archive).map(|(s, n)| ((s.clone(), n), Some(format!("sha256 {}", &s[..16]))))
+            })?,
+            None => match state.releases.get(v) {
+                Some(rec) if on_disk.contains(v) => (rec.sha256.clone(), rec.size),
+                _ => return Err(Error::not_on_disk(&app.name, v, &on_disk).into()),
+            },
+        };
+        if let Some(want) = &req.expected_sha256 {
+            if *want != sha {
+                return Err(Error::ArtifactMismatch {
+                    artifact: req.archive.as_ref().map_or(format!("release {v} on disk"), |a| a.display().to_string()),
+                    reason: format!("sha256 is {sha}, the manifest says {want}"),
+                }
+                .into());
+            }
+        }
         match state.releases.get(v) {
             Some(rec) if rec.sha256 != sha => {
                 return Err(Error::VersionConflict {
@@ -114,7 +132,11 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             });
         }
         if !on_disk.contains(v) {
-            stage_release(app, &mut state, req, &sha, size, previous.as_ref(), tl)?;
+            let archive = req.archive.as_deref().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
+            stage_release(app, &mut state, archive, v, &sha, size, previous.as_ref(), tl)?;
+        }
+        if let Some(crate::progress::Interrupt::Cancel(why)) = crate::progress::interrupted() {
+            anyhow::bail!("cancelled before the switch by an operator's request ({why}); nothing was activated");
         }
         let release_dir = app.store.release_dir(v);
         let prev = previous.as_ref().map(Version::as_str);
@@ -149,17 +171,18 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
 
 /// Unpacks the archive into a staging directory and renames it to `releases/V`. On any error the staging
 /// directory is removed and the journal cleared: nothing visible changed.
+#[allow(clippy::too_many_arguments)]
 fn stage_release(
     app: &App,
     state: &mut crate::state::AppState,
-    req: &DeployRequest,
+    archive: &Path,
+    v: &Version,
     sha: &str,
     size: u64,
     previous: Option<&Version>,
     tl: &mut Timeline,
 ) -> anyhow::Result<()> {
-    let v = &req.version;
-    preflight_space(app, &req.archive, size)?;
+    preflight_space(app, archive, size)?;
     // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
     // reconcile drops records of releases that never made it to disk.
     state.record_release(v, sha, size);
@@ -167,7 +190,7 @@ fn stage_release(
     app.save_state(state)?;
     let result = (|| -> anyhow::Result<()> {
         let staging = app.store.stage(v)?;
-        let file = File::open(&req.archive).with_context(|| format!("opening {}", req.archive.display()))?;
+        let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
         let report = tl.step("unpack", || {
             unpack::unpack_tar_zst(
                 std::io::BufReader::with_capacity(64 << 10, file),
@@ -175,7 +198,7 @@ fn stage_release(
                 &app.cfg.limits,
                 app.owner(),
             )
-            .map_err(|source| Error::ArchiveRefused { archive: req.archive.clone(), source })
+            .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source })
             .map(|r| {
                 let d = format!(
                     "{} files, {} dirs, {} links, {}",
@@ -239,6 +262,7 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
         }
         hasher.update(&buf[..n]);
         total += n as u64;
+        crate::progress::beat();
     }
     Ok((hex::encode(hasher.finalize()), total))
 }

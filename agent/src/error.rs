@@ -59,6 +59,18 @@ pub enum Error {
 
     #[error("health checks of `{app}` failed: {reason}")]
     CheckFailed { app: String, reason: String },
+
+    #[error("the work on `{app}` was interrupted by the daemon's shutdown during {step}; the next start finishes it")]
+    Interrupted { app: String, step: String },
+
+    #[error("artifact {artifact} does not match its manifest: {reason}")]
+    ArtifactMismatch { artifact: String, reason: String },
+
+    #[error("refused manifest {manifest}: {reason}")]
+    ManifestRefused { manifest: String, reason: String },
+
+    #[error("source {source_url}: {message}")]
+    Source { source_url: String, message: String },
 }
 
 impl Error {
@@ -87,7 +99,11 @@ impl Error {
             | Error::NotOnDisk { .. }
             | Error::NoRollbackTarget { .. }
             | Error::NoSpace { .. }
-            | Error::CheckFailed { .. } => exit::FAILED,
+            | Error::CheckFailed { .. }
+            | Error::Interrupted { .. }
+            | Error::ArtifactMismatch { .. }
+            | Error::ManifestRefused { .. }
+            | Error::Source { .. } => exit::FAILED,
         }
     }
 }

@@ -46,3 +46,10 @@ pub fn append_line(path: &Path, line: &[u8]) -> anyhow::Result<()> {
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
+
+/// Creates a new file (never replacing one) with `mode`, writes `bytes` and syncs it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

@@ -13,6 +13,8 @@ use serde::Serialize;
 use crate::app::App;
 use crate::command;
 use crate::config::CheckConfig;
+use crate::error::Error;
+use crate::progress::{self, Interrupt};
 use crate::service::{self, Restarted};
 
 /// The result of one check.
@@ -114,28 +116,32 @@ fn round(app: &App, version: &str, release_dir: &Path, restarted: &Restarted) ->
     }
 }
 
-/// Progress of the health policy, reported as it goes (for the daemon's status line and the timeline).
-pub trait Observer {
-    fn progress(&mut self, _passes: u32, _needed: u32) {}
-}
-
-impl Observer for () {}
-
-/// Applies the app's health policy. `Ok` carries a one-line summary; `Err` the reason for rolling back.
+/// Applies the app's health policy. The inner `Ok` carries a one-line summary, the inner `Err` the reason for
+/// rolling back (an operator's cancel request is one). The outer error is the daemon's shutdown: the release stays
+/// live and unproven, and the journal makes the next start verify it again.
 pub fn verify(
     app: &App,
     version: &str,
     release_dir: &Path,
     restarted: &Restarted,
-    obs: &mut dyn Observer,
-) -> Result<String, String> {
+) -> Result<Result<String, String>, Error> {
     let policy = &app.cfg.health;
-    let start = Instant::now();
     if app.cfg.checks.is_empty() {
         // Unchecked: only the restart (and, for a unit, its state right after) decides.
-        return service::unit_still_up(restarted).map(|()| "unchecked: the restart succeeded".to_owned());
+        return Ok(service::unit_still_up(restarted).map(|()| "unchecked: the restart succeeded".to_owned()));
     }
-    std::thread::sleep(policy.start_period);
+    let pause = |d: Duration, stage: &str| -> Result<Result<(), String>, Error> {
+        match progress::sleep(d) {
+            Ok(()) => Ok(Ok(())),
+            Err(Interrupt::Cancel(why)) => Ok(Err(format!("cancelled during {stage} by an operator's request: {why}"))),
+            Err(Interrupt::Shutdown) => Err(Error::Interrupted { app: app.name.clone(), step: stage.to_owned() }),
+        }
+    };
+    progress::set_activity(format!("deploying {version} (starting)"));
+    if let Err(e) = pause(policy.start_period, "the checks' start period")? {
+        return Ok(Err(e));
+    }
+    let start = Instant::now().checked_sub(policy.start_period).unwrap_or_else(Instant::now);
     let deadline = start + policy.start_period + policy.deadline;
     let mut passes = 0u32;
     let mut last_failure = String::from("no round completed");
@@ -143,41 +149,52 @@ pub fn verify(
         match round(app, version, release_dir, restarted) {
             Ok(_) => {
                 passes += 1;
-                obs.progress(passes, policy.healthy_after);
+                progress::set_activity(format!("deploying {version} (checks {passes}/{})", policy.healthy_after));
                 if passes >= policy.healthy_after {
                     break;
                 }
             }
             Err(e) => {
                 passes = 0;
+                progress::set_activity(format!("deploying {version} (checks 0/{}: {e})", policy.healthy_after));
                 last_failure = e;
             }
         }
         if Instant::now() + policy.interval > deadline {
-            return Err(format!(
+            return Ok(Err(format!(
                 "not healthy within {} ({} consecutive passes needed); last failure: {last_failure}",
                 humantime::format_duration(policy.deadline),
                 policy.healthy_after
-            ));
+            )));
         }
-        std::thread::sleep(policy.interval);
+        if let Err(e) = pause(policy.interval, "the checks")? {
+            return Ok(Err(e));
+        }
     }
     let healthy_at = start.elapsed();
     let bake_end = Instant::now() + policy.bake;
     while Instant::now() < bake_end {
-        std::thread::sleep(policy.interval.min(bake_end.saturating_duration_since(Instant::now())));
+        progress::set_activity(format!(
+            "deploying {version} (baking, {} left)",
+            fmt_secs(bake_end.saturating_duration_since(Instant::now()))
+        ));
+        if let Err(e) =
+            pause(policy.interval.min(bake_end.saturating_duration_since(Instant::now())), "the bake window")?
+        {
+            return Ok(Err(e));
+        }
         if let Err(e) = round(app, version, release_dir, restarted) {
-            return Err(format!(
+            return Ok(Err(format!(
                 "failed during the bake window, {} after turning healthy: {e}",
                 fmt_secs(start.elapsed().saturating_sub(healthy_at))
-            ));
+            )));
         }
     }
     let mut summary = format!("healthy after {} ({} passes)", fmt_secs(healthy_at), policy.healthy_after);
     if !policy.bake.is_zero() {
         summary.push_str(&format!(", baked {}", humantime::format_duration(policy.bake)));
     }
-    Ok(summary)
+    Ok(Ok(summary))
 }
 
 fn fmt_secs(d: Duration) -> String {

@@ -4,12 +4,14 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = switchback::cli::Cli::parse();
-    let default = if cli.quiet { "warn" } else { "info" };
+    // Our own messages at info; other crates' only when they warn.
+    let default = if cli.quiet { "warn" } else { "warn,switchback=info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHBACK_LOG").unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();

@@ -13,7 +13,7 @@ use crate::version::Version;
 
 pub fn pin(app: &App, version: &Version, reason: Option<&str>, wait: Duration) -> anyhow::Result<()> {
     let mut tl = Timeline::new(false);
-    let _lock = app.lock(wait)?;
+    let _lock = app.lock_preempting(wait, "pin")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let on_disk = app.store.on_disk()?;
     if !on_disk.contains(version) {

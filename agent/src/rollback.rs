@@ -33,9 +33,32 @@ pub fn rollback(
     print: bool,
 ) -> anyhow::Result<RollbackOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = app.lock(wait)?;
+    let before = app.store.current()?;
+    let _lock = app.lock_preempting(wait, "rollback")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let current = app.store.current()?.ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?;
+    if let (None, Some(before)) = (to, &before) {
+        // The daemon's deploy of `before` was cancelled for this command and has already gone back: that is the
+        // rollback asked for. Going back once more would skip a good release.
+        if *before != current && state.bad.contains_key(before) && state.last_good.as_ref() == Some(&current) {
+            let mut ev = app.event("rollback");
+            ev.version = Some(current.to_string());
+            ev.previous = Some(before.to_string());
+            ev.reason = Some(format!(
+                "the daemon's deploy of {before} was cancelled and switched back to {current}{}",
+                reason.map(|r| format!("; {r}")).unwrap_or_default()
+            ));
+            app.record(&ev)?;
+            tl.note(&format!("{}: the daemon already rolled back from {before} to {current}", app.name));
+            return Ok(RollbackOutcome {
+                app: app.name.clone(),
+                from: before.to_string(),
+                to: current.to_string(),
+                health: state.last_health.as_ref().map_or(String::new(), |h| h.detail.clone()),
+                steps: tl.steps,
+            });
+        }
+    }
     let on_disk = app.store.on_disk()?;
     let target = match to {
         Some(v) if !on_disk.contains(v) => return Err(Error::not_on_disk(&app.name, v, &on_disk).into()),

@@ -32,6 +32,9 @@ pub struct AppState {
     /// Orders good releases: each commit takes the next number.
     #[serde(default)]
     pub good_counter: u64,
+    /// The last channel manifest accepted (its sequence only grows; see `manifest`).
+    #[serde(default)]
+    pub channel: Option<crate::manifest::Accepted>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

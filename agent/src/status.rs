@@ -24,6 +24,10 @@ pub struct AppStatus {
     pub checked: bool,
     pub last_health: Option<HealthSummary>,
     pub releases: Vec<ReleaseStatus>,
+    /// The last channel manifest accepted.
+    pub channel: Option<crate::manifest::Accepted>,
+    /// What the running daemon is doing for this app, and when it last polled; `null` when no daemon runs.
+    pub daemon: Option<crate::daemon::DaemonInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +85,8 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
         checked: !app.cfg.checks.is_empty(),
         last_health: state.last_health,
         releases,
+        channel: state.channel,
+        daemon: crate::daemon::info(app),
     })
 }
 
@@ -109,6 +115,21 @@ pub fn print_human(s: &AppStatus) {
     }
     if let Some(d) = &s.degraded {
         println!("  DEGRADED   {d}");
+    }
+    if let Some(c) = &s.channel {
+        println!(
+            "  channel    wants {} (sequence {}, accepted {}, from {})",
+            c.version, c.sequence, c.accepted_at, c.from
+        );
+    }
+    match &s.daemon {
+        Some(d) => {
+            println!("  daemon     pid {}: {}", d.pid, d.activity);
+            if !d.last_poll.is_empty() {
+                println!("  last poll  {}", d.last_poll);
+            }
+        }
+        None => println!("  daemon     not running"),
     }
     for b in &s.bad {
         println!("  bad        {}: {} ({})", b.version, b.reason, b.at);

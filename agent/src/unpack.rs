@@ -93,6 +93,8 @@ pub enum Refusal {
     TrailingData,
     #[error("cannot write it")]
     Write,
+    #[error("stopped: the agent is shutting down")]
+    Stopped,
 }
 
 /// A refused or failed unpack: which entry (if any) and why. The OS error, if any, is the source.
@@ -262,6 +264,10 @@ impl Unpacker<'_> {
         for entry in entries {
             let mut entry = entry.map_err(|e| stream_error(None, e, self.limits))?;
             self.report.entries += 1;
+            crate::progress::beat();
+            if crate::progress::shutting_down() {
+                return Err(UnpackError::new(None, Refusal::Stopped));
+            }
             if self.report.entries > self.limits.max_entries {
                 return Err(UnpackError::new(None, Refusal::TooManyEntries { max: self.limits.max_entries }));
             }

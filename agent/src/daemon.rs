@@ -1,0 +1,528 @@
+//! `switchback daemon`: the agent as a systemd `Type=notify` service. One task per app follows its channel (and
+//! its inbox) and deploys what the channel names through the same store, health and rollback path as the CLI.
+//!
+//! - Start: every app is reconciled from its journal, then `READY=1`.
+//! - Work: each app's worker polls its channel manifest every `poll_interval` (±10% jitter) with a conditional
+//!   GET; a new, verified manifest is saved as accepted; the artifact is downloaded and verified; the deploy runs
+//!   on a blocking thread. A failure of any kind is logged and the worker goes on.
+//! - `STATUS=` carries one line per app; `WATCHDOG=1` is sent at half of `WATCHDOG_USEC`, only while no worker is
+//!   stuck (busy without a sign of life for longer than the watchdog interval): a hung agent is killed.
+//! - SIGHUP reloads the configuration (a bad file is logged and the old one kept). SIGTERM/SIGINT: `STOPPING=1`,
+//!   the work in flight is abandoned at its next safe point (the journal lets the next start finish it), with
+//!   `EXTEND_TIMEOUT_USEC` while that takes; exit 0.
+//! - An operator's command on a busy app writes `STATE_DIR/APP/cancel`; the worker's deploy stops at its next
+//!   check (before the switch: nothing changes; after it: back to the last good release).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::deploy::{self, DeployRequest};
+use crate::error::Error;
+use crate::fsutil;
+use crate::progress::{self, Worker};
+use crate::pull::{self, Polled};
+use crate::reconcile;
+use crate::source::{Options, Source};
+use crate::timeline::Timeline;
+
+/// What the daemon tells `status` about an app: `STATE_DIR/APP/daemon.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub activity: String,
+    pub last_poll: String,
+    pub updated_at: String,
+}
+
+pub const INFO_FILE: &str = "daemon.json";
+
+/// The daemon's info for an app, if a daemon that is still alive wrote it.
+pub fn info(app: &App) -> Option<DaemonInfo> {
+    let text = std::fs::read(app.state_dir.join(INFO_FILE)).ok()?;
+    let info: DaemonInfo = serde_json::from_slice(&text).ok()?;
+    let pid = rustix::process::Pid::from_raw(info.pid as i32)?;
+    rustix::process::test_kill_process(pid).ok()?;
+    Some(info)
+}
+
+struct Handle {
+    cfg: watch::Sender<(App, Duration)>,
+    worker: Arc<Worker>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+pub fn run(config_path: &Path) -> anyhow::Result<u8> {
+    let config = Config::load(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(serve(config_path.to_owned(), config))
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watchdog = sd_notify::watchdog_enabled();
+    tracing::info!(
+        "daemon starting: {} app(s), poll every {}, watchdog {}",
+        config.apps.len(),
+        humantime::format_duration(config.agent.poll_interval),
+        watchdog.map_or("off".to_owned(), |d| humantime::format_duration(d).to_string())
+    );
+    notify(&[NotifyState::Status("reconciling")]);
+
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(64);
+    let mut handles: BTreeMap<String, Handle> = BTreeMap::new();
+    for name in config.apps.keys() {
+        let app = App::from_config(&config, name)?;
+        handles.insert(name.clone(), spawn(app, config.agent.poll_interval, stop_rx.clone(), ready_tx.clone()));
+    }
+    // READY=1 once every app has been reconciled (each worker's first step).
+    for _ in 0..handles.len() {
+        tokio::select! {
+            _ = ready_rx.recv() => {}
+            _ = term.recv() => return shutdown(handles, stop_tx).await,
+            _ = int.recv() => return shutdown(handles, stop_tx).await,
+        }
+    }
+    notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&handles))]);
+    tracing::info!("daemon ready");
+
+    let tick = watchdog.map_or(Duration::from_secs(1), |w| (w / 2).min(Duration::from_secs(1)));
+    let mut ticker = tokio::time::interval(tick);
+    let mut last_status = String::new();
+    let mut last_ping = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&config_path, &mut handles, &stop_rx, &ready_tx),
+            _ = ticker.tick() => {
+                let line = status_line(&handles);
+                if line != last_status {
+                    notify(&[NotifyState::Status(&line)]);
+                    last_status = line;
+                }
+                write_infos(&handles);
+                if let Some(wd) = watchdog {
+                    if last_ping.elapsed() >= wd / 2 {
+                        let stuck: Vec<String> =
+                            handles.values().filter(|h| h.worker.stalled(wd)).map(|h| h.worker.app.clone()).collect();
+                        if stuck.is_empty() {
+                            notify(&[NotifyState::Watchdog]);
+                            last_ping = tokio::time::Instant::now();
+                        } else {
+                            tracing::error!("no sign of life from {} for {}: withholding the watchdog ping", stuck.join(", "), humantime::format_duration(wd));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    shutdown(handles, stop_tx).await
+}
+
+async fn shutdown(handles: BTreeMap<String, Handle>, stop_tx: watch::Sender<bool>) -> anyhow::Result<u8> {
+    tracing::info!("daemon stopping");
+    progress::request_shutdown();
+    notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    let _ = stop_tx.send(true);
+    for (name, h) in handles {
+        let info_path = h.worker_info_path();
+        let mut join = h.join;
+        loop {
+            tokio::select! {
+                _ = &mut join => break,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    tracing::info!("{name}: waiting for the step in flight to reach a safe point ({})", h.worker.activity());
+                    notify(&[NotifyState::ExtendTimeoutUsec(15_000_000)]);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(info_path);
+    }
+    tracing::info!("daemon stopped");
+    Ok(crate::exit::SUCCESS)
+}
+
+impl Handle {
+    fn worker_info_path(&self) -> PathBuf {
+        self.cfg.borrow().0.state_dir.join(INFO_FILE)
+    }
+}
+
+fn reload(
+    path: &Path,
+    handles: &mut BTreeMap<String, Handle>,
+    stop_rx: &watch::Receiver<bool>,
+    ready_tx: &mpsc::Sender<()>,
+) {
+    notify(&[NotifyState::Reloading]);
+    match Config::load(path) {
+        Err(e) => {
+            tracing::error!("configuration not reloaded, keeping the old one: {e}");
+        }
+        Ok(config) => {
+            handles.retain(|name, h| {
+                let keep = config.apps.contains_key(name);
+                if !keep {
+                    tracing::info!("{name}: no longer configured; its worker stops");
+                    // Dropping its configuration sender ends the worker at its next wake-up.
+                    h.worker.set_activity("stopping: no longer configured");
+                }
+                keep
+            });
+            for name in config.apps.keys() {
+                let Ok(app) = App::from_config(&config, name) else { continue };
+                match handles.get(name) {
+                    Some(h) => {
+                        let _ = h.cfg.send((app, config.agent.poll_interval));
+                    }
+                    None => {
+                        tracing::info!("{name}: newly configured; starting its worker");
+                        handles.insert(
+                            name.clone(),
+                            spawn(app, config.agent.poll_interval, stop_rx.clone(), ready_tx.clone()),
+                        );
+                    }
+                }
+            }
+            tracing::info!("configuration reloaded: {} app(s)", config.apps.len());
+        }
+    }
+    notify(&[NotifyState::Ready]);
+}
+
+fn status_line(handles: &BTreeMap<String, Handle>) -> String {
+    handles.values().map(|h| format!("{} {}", h.worker.app, h.worker.activity())).collect::<Vec<_>>().join("; ")
+}
+
+fn write_infos(handles: &BTreeMap<String, Handle>) {
+    for h in handles.values() {
+        let path = h.worker_info_path();
+        let info = DaemonInfo {
+            pid: std::process::id(),
+            activity: h.worker.activity(),
+            last_poll: h.worker.poll(),
+            updated_at: String::new(),
+        };
+        let old: Option<DaemonInfo> =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).map(|mut o: DaemonInfo| {
+                o.updated_at = String::new();
+                o
+            });
+        if old.as_ref() != Some(&info) {
+            let info = DaemonInfo { updated_at: fsutil::now_rfc3339(), ..info };
+            if let Ok(bytes) = serde_json::to_vec_pretty(&info) {
+                if let Err(e) = fsutil::write_atomic(&path, &bytes) {
+                    tracing::debug!("{}: {e:#}", path.display());
+                }
+            }
+        }
+    }
+}
+
+fn spawn(app: App, poll: Duration, stop: watch::Receiver<bool>, ready: mpsc::Sender<()>) -> Handle {
+    let worker = Worker::new(&app.name, app.state_dir.clone());
+    let (cfg_tx, cfg_rx) = watch::channel((app, poll));
+    let join = tokio::spawn(worker_loop(cfg_rx, stop, worker.clone(), ready));
+    Handle { cfg: cfg_tx, worker, join }
+}
+
+/// Runs blocking app work on the blocking pool, on behalf of `worker`.
+async fn blocking<T: Send + 'static>(
+    worker: &Arc<Worker>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let w = worker.clone();
+    tokio::task::spawn_blocking(move || progress::enter(&w, f))
+        .await
+        .map_err(|e| anyhow::anyhow!("worker task: {e}"))?
+}
+
+/// Per-worker memory: the ETag of the last manifest fetched, and the artifacts refused for good.
+#[derive(Default)]
+struct Memory {
+    etag: Option<String>,
+    /// (version, sha256) whose artifact failed verification or unpacking: not fetched again until the channel
+    /// names something else.
+    refused: HashSet<(String, String)>,
+    /// The last reason logged for not deploying what the channel wants (logged once).
+    held: String,
+}
+
+async fn worker_loop(
+    mut cfg_rx: watch::Receiver<(App, Duration)>,
+    mut stop: watch::Receiver<bool>,
+    worker: Arc<Worker>,
+    ready: mpsc::Sender<()>,
+) {
+    let (mut app, mut poll) = cfg_rx.borrow_and_update().clone();
+    {
+        let a = app.clone();
+        if let Err(e) = blocking(&worker, move || {
+            let _lock = a.lock(Duration::from_secs(60))?;
+            reconcile::reconcile(&a, &mut Timeline::new(false)).map(|_| ())
+        })
+        .await
+        {
+            tracing::error!("{}: reconcile on start failed: {e:#}", app.name);
+        }
+        let _ = ready.send(()).await;
+    }
+    let mut mem = Memory::default();
+    loop {
+        let src = open_source(&app);
+        let (inbox_tx, mut inbox_rx) = mpsc::channel::<()>(1);
+        let _watcher = app.cfg.inbox.as_deref().and_then(|dir| watch_inbox(&app.name, dir, inbox_tx));
+        mem.etag = None;
+        // Work until the configuration changes or the daemon stops.
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Some(dir) = app.cfg.inbox.clone() {
+                scan_inbox(&app, &dir, src.as_ref(), &worker, &mut mem).await;
+            }
+            if let Some(src) = &src {
+                let polled = pull::poll_channel(&app, src, &mut mem.etag).await;
+                let text = match &polled {
+                    Ok(Polled::Unchanged) => "unchanged".to_owned(),
+                    Ok(Polled::Missing) => format!("no manifest published for channel {}", app.cfg.channel),
+                    Ok(Polled::Accepted { version, new: true }) => format!("accepted a new manifest: {version}"),
+                    Ok(Polled::Accepted { version, new: false }) => format!("manifest names {version}"),
+                    Ok(Polled::Refused { reason }) => format!("refused the manifest: {reason}"),
+                    Err(e) => {
+                        tracing::warn!("{}: poll failed: {e}", app.name);
+                        format!("poll failed: {e}")
+                    }
+                };
+                worker.set_poll(format!("{} {text}", fsutil::now_rfc3339()));
+            }
+            if *stop.borrow() {
+                return;
+            }
+            converge(&app, src.as_ref(), &worker, &mut mem).await;
+            let delay = poll.mul_f64(0.9 + fastrand::f64() * 0.2);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                Some(()) = inbox_rx.recv() => {
+                    // Let a burst of renames settle.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                changed = cfg_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    (app, poll) = cfg_rx.borrow_and_update().clone();
+                    break;
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn open_source(app: &App) -> Option<Source> {
+    let url = app.cfg.source.as_deref()?;
+    match Source::open(url, &Options::of(&app.cfg)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("{}: {e}", app.name);
+            None
+        }
+    }
+}
+
+/// Brings the app to what its accepted manifest names, unless that version is bad, the app is pinned elsewhere,
+/// or its artifact was refused.
+async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) {
+    let state = match app.load_state() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{}: {e:#}", app.name);
+            return;
+        }
+    };
+    let current = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
+    let Some(want) = state.channel.clone() else {
+        worker.set_activity(format!("on {current}; no manifest accepted yet"));
+        return;
+    };
+    let v = want.version.clone();
+    let hold = |mem: &mut Memory, why: String| {
+        if mem.held != why {
+            tracing::warn!("{}: not deploying {v}: {why}", app.name);
+            mem.held = why.clone();
+        }
+        worker.set_activity(format!("on {current}; holding: {why}"));
+    };
+    if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
+        let health = state.last_health.as_ref().map_or("", |h| if h.healthy { " healthy" } else { " unhealthy" });
+        worker.set_activity(format!("on {v}{health}"));
+        return;
+    }
+    if let Some(bad) = state.bad.get(&v) {
+        return hold(mem, format!("{v} is marked bad ({})", bad.reason));
+    }
+    if let Some(pin) = &state.pin {
+        if pin.version != v {
+            return hold(mem, format!("pinned to {}", pin.version));
+        }
+    }
+    let key = (v.to_string(), want.sha256.clone());
+    if mem.refused.contains(&key) {
+        return hold(mem, format!("the artifact of {v} was refused"));
+    }
+    mem.held.clear();
+    let on_disk = app.store.on_disk().unwrap_or_default();
+    let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
+    let archive = if have {
+        None
+    } else {
+        worker.set_activity(format!("on {current}; downloading {v}"));
+        match pull::fetch_artifact(app, src, &want).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
+                if matches!(e, Error::ArtifactMismatch { .. }) {
+                    mem.refused.insert(key);
+                }
+                worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
+                return;
+            }
+        }
+    };
+    worker.set_activity(format!("deploying {v}"));
+    let req = DeployRequest {
+        archive: archive.clone(),
+        expected_sha256: Some(want.sha256.clone()),
+        version: v.clone(),
+        force: false,
+        reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
+    };
+    let a = app.clone();
+    let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;
+    match &result {
+        Ok(out) => tracing::info!("{}: {} {} ({})", app.name, out.version, out.outcome, out.health),
+        Err(e) => {
+            let refused = matches!(
+                e.downcast_ref::<Error>(),
+                Some(Error::ArchiveRefused { .. } | Error::ArtifactMismatch { .. } | Error::VersionConflict { .. })
+            );
+            if refused {
+                mem.refused.insert(key);
+            }
+            tracing::warn!("{}: deploy of {v}: {e:#}", app.name);
+        }
+    }
+    worker.clear_cancel();
+    if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(app))) {
+        let keep = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
+            || progress::shutting_down();
+        if !keep {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let state = app.load_state().unwrap_or_default();
+    let now = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
+    worker.set_activity(match result {
+        Ok(_) => format!("on {now} healthy"),
+        Err(e) => format!("on {now}; deploy of {v} failed: {}", first_line(&format!("{e}"))),
+    });
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Watches `dir` for new files; each event wakes the worker. The watcher stops when dropped.
+fn watch_inbox(app: &str, dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        tracing::error!("{app}: inbox {}: {e}", dir.display());
+        return None;
+    }
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify()) {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::error!("{app}: cannot watch inbox {}: {e}", dir.display()))
+    .ok()?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::error!("{app}: cannot watch inbox {}: {e}", dir.display()))
+        .ok()?;
+    Some(w)
+}
+
+/// Handles complete drops in the inbox: `NAME.json`, `NAME.json.minisig` and the archive the manifest names.
+/// Each is accepted like a channel manifest, deployed, then removed; a refused manifest is renamed
+/// `NAME.json.refused` (and stays, for a person to look at).
+async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) {
+    let Ok(read) = std::fs::read_dir(dir) else { return };
+    let mut manifests: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.') && name.ends_with(".json")
+        })
+        .collect();
+    manifests.sort();
+    for m in manifests {
+        let mut sig_path = m.clone().into_os_string();
+        sig_path.push(".minisig");
+        let sig_path = PathBuf::from(sig_path);
+        let (Ok(bytes), Ok(sig)) = (std::fs::read(&m), std::fs::read_to_string(&sig_path)) else { continue };
+        // Only to see whether the archive has arrived yet; nothing of it is trusted before the signature.
+        let artifact = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("artifact").and_then(|a| a.as_str()).map(str::to_owned))
+            .and_then(|a| Path::new(&a).file_name().map(|n| dir.join(n)));
+        if artifact.as_ref().is_some_and(|a| !a.exists()) {
+            continue;
+        }
+        let from = format!("{}{}", pull::INBOX_PREFIX, m.display());
+        let (a, b, s, f) = (app.clone(), bytes.clone(), sig.clone(), from.clone());
+        let verdict = blocking(worker, move || Ok(pull::accept_under_lock(&a, &b, &s, &f))).await;
+        let done = match verdict {
+            Ok(Ok(Polled::Accepted { new: true, .. })) => {
+                converge(app, src, worker, mem).await;
+                true
+            }
+            Ok(Ok(_)) => true,
+            Ok(Err(pull::AcceptError::Refused(r))) => {
+                let mut refused = m.clone().into_os_string();
+                refused.push(".refused");
+                let _ = std::fs::rename(&m, &refused);
+                worker.set_poll(format!("{} inbox: refused {}: {}", fsutil::now_rfc3339(), m.display(), r.reason));
+                false
+            }
+            Ok(Err(pull::AcceptError::Other(e))) | Err(e) => {
+                tracing::warn!("{}: inbox {}: {e:#}; trying again later", app.name, m.display());
+                false
+            }
+        };
+        if done {
+            for p in [Some(m.clone()), Some(sig_path), artifact].into_iter().flatten() {
+                let _ = std::fs::remove_file(p);
+            }
+            worker.set_poll(format!("{} inbox: took {}", fsutil::now_rfc3339(), m.display()));
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Channel manifests: what a channel wants, signed with minisign (ed25519) keys.
+//!
+//! A manifest is the JSON document `BASE/APP/channels/CHANNEL.json`, signed by `CHANNEL.json.minisig`. The agent
+//! accepts it only when the signature verifies against one of the app's `trusted_keys`, it names this app and
+//! channel, it has not expired, and its `sequence` is above the last one accepted (kept durably in the app's
+//! state): a replayed older manifest is an attack. The same rules apply to a manifest dropped into the inbox.
+
+use std::io::Cursor;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::Version;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub app: String,
+    pub channel: String,
+    pub version: String,
+    /// The artifact's path relative to `BASE/APP/`, e.g. `releases/1.4.2.tar.zst`.
+    pub artifact: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Only grows; see the module documentation.
+    pub sequence: u64,
+    /// RFC 3339 UTC time after which the manifest is refused.
+    pub expires: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
+    /// Reserved for staged fleet rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<serde_json::Value>,
+}
+
+/// The last manifest an app accepted, kept in its state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Accepted {
+    pub sequence: u64,
+    pub version: Version,
+    pub sha256: String,
+    pub size: u64,
+    pub artifact: String,
+    pub expires: String,
+    pub accepted_at: String,
+    /// Where it came from: the channel's URL or the inbox file.
+    pub from: String,
+}
+
+/// Why a manifest was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+    /// A signature that does not match may be a publish caught half-way (manifest and signature are two
+    /// objects): worth fetching again next time rather than remembering the verdict.
+    pub retry: bool,
+}
+
+impl Refused {
+    fn final_(reason: impl Into<String>) -> Refused {
+        Refused { reason: reason.into(), retry: false }
+    }
+}
+
+/// The verdict on a manifest that verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// New: it names what the app should run now.
+    New(Box<Manifest>),
+    /// The same manifest as the last accepted one (e.g. fetched again after a restart).
+    Same,
+}
+
+/// Parses the `trusted_keys` entries (base64 minisign public keys, the second line of a `.pub` file).
+pub fn parse_keys(keys: &[String]) -> Result<Vec<minisign_verify::PublicKey>, String> {
+    keys.iter()
+        .map(|k| {
+            minisign_verify::PublicKey::from_base64(k.trim())
+                .map_err(|e| format!("`{k}` is not a minisign public key ({e})"))
+        })
+        .collect()
+}
+
+/// Checks the signature of `bytes` against `keys`.
+pub fn verify_signature(bytes: &[u8], sig: &str, keys: &[minisign_verify::PublicKey]) -> Result<(), Refused> {
+    let retry = |reason: String| Refused { reason, retry: true };
+    if keys.is_empty() {
+        return Err(Refused::final_("no trusted_keys are configured for this app"));
+    }
+    let signature = minisign_verify::Signature::decode(sig).map_err(|e| retry(format!("unreadable signature: {e}")))?;
+    let mut last = None;
+    for key in keys {
+        match key.verify(bytes, &signature, false) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(minisign_verify::Error::UnexpectedKeyId) => {
+            let id = minisign::SignatureBox::from_string(sig)
+                .map(|b| {
+                    let mut id = b.keynum().to_vec();
+                    id.reverse();
+                    hex::encode_upper(id)
+                })
+                .unwrap_or_else(|_| "unknown".to_owned());
+            retry(format!("signed by key {id}, which is not among the trusted_keys"))
+        }
+        Some(minisign_verify::Error::UnexpectedAlgorithm) => {
+            retry("legacy (non-prehashed) signatures are refused; sign with a current minisign".to_owned())
+        }
+        Some(e) => retry(format!("bad signature: {e}")),
+        None => retry("bad signature".to_owned()),
+    })
+}
+
+/// The checks after the signature: app, channel, sequence, expiry and the fields' own validity.
+pub fn check(
+    bytes: &[u8],
+    app: &str,
+    channel: &str,
+    last: Option<&Accepted>,
+    now: SystemTime,
+) -> Result<Verdict, Refused> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| Refused::final_(format!("not a valid manifest: {e}")))?;
+    if m.app != app {
+        return Err(Refused::final_(format!("it is for app `{}`, not `{app}`", m.app)));
+    }
+    if m.channel != channel {
+        return Err(Refused::final_(format!("it is for channel `{}`, not `{channel}`", m.channel)));
+    }
+    let version = Version::parse(&m.version).map_err(|e| Refused::final_(e.to_string()))?;
+    if !valid_artifact_path(&m.artifact) {
+        return Err(Refused::final_(format!("artifact path `{}` is not a plain relative path", m.artifact)));
+    }
+    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(Refused::final_(format!("sha256 `{}` is not 64 lowercase hex digits", m.sha256)));
+    }
+    if let Some(last) = last {
+        if m.sequence < last.sequence {
+            return Err(Refused::final_(format!(
+                "replayed: sequence {} is below the last accepted {} (version {})",
+                m.sequence, last.sequence, last.version
+            )));
+        }
+        if m.sequence == last.sequence {
+            return if version == last.version && m.sha256 == last.sha256 {
+                Ok(Verdict::Same)
+            } else {
+                Err(Refused::final_(format!(
+                    "sequence {} was already accepted for version {}; a new manifest needs a higher sequence",
+                    m.sequence, last.version
+                )))
+            };
+        }
+    }
+    let expires = humantime::parse_rfc3339_weak(&m.expires)
+        .map_err(|e| Refused::final_(format!("expires `{}` is not an RFC 3339 time ({e})", m.expires)))?;
+    if expires <= now {
+        return Err(Refused::final_(format!("expired at {}", m.expires)));
+    }
+    Ok(Verdict::New(Box::new(m)))
+}
+
+impl Manifest {
+    pub fn accepted(&self, from: &str) -> anyhow::Result<Accepted> {
+        Ok(Accepted {
+            sequence: self.sequence,
+            version: Version::parse(&self.version)?,
+            sha256: self.sha256.clone(),
+            size: self.size,
+            artifact: self.artifact.clone(),
+            expires: self.expires.clone(),
+            accepted_at: crate::fsutil::now_rfc3339(),
+            from: from.to_owned(),
+        })
+    }
+}
+
+fn valid_artifact_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 1024
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+/".contains(&b))
+}
+
+/// A minisign key pair for CI: `PREFIX.key` (unencrypted secret key) and `PREFIX.pub`.
+pub fn keygen(prefix: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let with = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    let (sk_path, pk_path) = (with(".key"), with(".pub"));
+    for p in [&sk_path, &pk_path] {
+        anyhow::ensure!(!p.exists(), "{} already exists; refusing to overwrite a key", p.display());
+    }
+    let minisign::KeyPair { pk, sk } =
+        minisign::KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("generating a key: {e}"))?;
+    let sk_text = sk.to_box(Some("switchback secret key")).map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
+    let pk_text = pk.to_box().map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
+    crate::fsutil::write_new(&sk_path, sk_text.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", sk_path.display()))?;
+    crate::fsutil::write_new(&pk_path, pk_text.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", pk_path.display()))?;
+    Ok(pk.to_base64())
+}
+
+/// Reads an unencrypted minisign secret key.
+pub fn load_secret_key(path: &std::path::Path) -> anyhow::Result<minisign::SecretKey> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading key {}: {e}", path.display()))?;
+    let sk_box = minisign::SecretKeyBox::from_string(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a minisign secret key: {e}", path.display()))?;
+    sk_box.into_unencrypted_secret_key().map_err(|e| {
+        anyhow::anyhow!("{}: {e} (publish needs a passwordless key, as written by `switchback keygen`)", path.display())
+    })
+}
+
+/// Signs `bytes` (prehashed, as current minisign does); returns the `.minisig` text.
+pub fn sign(sk: &minisign::SecretKey, bytes: &[u8], trusted_comment: &str) -> anyhow::Result<String> {
+    let sig = minisign::sign(None, sk, Cursor::new(bytes), Some(trusted_comment), None)
+        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+    Ok(sig.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn keypair() -> (minisign::SecretKey, Vec<minisign_verify::PublicKey>) {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let pk = minisign_verify::PublicKey::from_base64(&kp.pk.to_base64()).unwrap();
+        (kp.sk, vec![pk])
+    }
+
+    fn manifest(seq: u64, version: &str, expires: &str) -> Vec<u8> {
+        serde_json::to_vec(&Manifest {
+            app: "web".into(),
+            channel: "production".into(),
+            version: version.into(),
+            artifact: format!("releases/{version}.tar.zst"),
+            sha256: "a".repeat(64),
+            size: 10,
+            sequence: seq,
+            expires: expires.into(),
+            published_at: None,
+            published_by: None,
+            rollout: None,
+        })
+        .unwrap()
+    }
+
+    /// The full check: signature first (nothing of an unverified document is believed), then [`check`].
+    pub fn accept(
+        bytes: &[u8],
+        sig: &str,
+        keys: &[minisign_verify::PublicKey],
+        app: &str,
+        channel: &str,
+        last: Option<&Accepted>,
+        now: SystemTime,
+    ) -> Result<Verdict, Refused> {
+        verify_signature(bytes, sig, keys)?;
+        check(bytes, app, channel, last, now)
+    }
+
+    const FUTURE: &str = "2999-01-01T00:00:00Z";
+
+    #[test]
+    fn signed_manifest_is_accepted_and_tampering_is_not() {
+        let (sk, keys) = keypair();
+        let bytes = manifest(5, "1.0.0", FUTURE);
+        let sig = sign(&sk, &bytes, "t").unwrap();
+        let now = SystemTime::now();
+        assert!(matches!(accept(&bytes, &sig, &keys, "web", "production", None, now), Ok(Verdict::New(_))));
+        let mut tampered = bytes.clone();
+        let i = tampered.iter().position(|&b| b == b'1').unwrap();
+        tampered[i] = b'2';
+        let err = accept(&tampered, &sig, &keys, "web", "production", None, now).unwrap_err();
+        assert!(err.reason.contains("signature"), "{err:?}");
+        let (_, other) = keypair();
+        let err = accept(&bytes, &sig, &other, "web", "production", None, now).unwrap_err();
+        assert!(err.reason.contains("not among the trusted_keys"), "{err:?}");
+    }
+
+    #[test]
+    fn replay_expiry_and_wrong_target_are_refused() {
+        let now = SystemTime::now();
+        let last = Manifest::accepted(&serde_json::from_slice(&manifest(10, "2.0.0", FUTURE)).unwrap(), "x").unwrap();
+        let older = manifest(9, "1.0.0", FUTURE);
+        assert!(check(&older, "web", "production", Some(&last), now).unwrap_err().reason.contains("replayed"));
+        assert_eq!(check(&manifest(10, "2.0.0", FUTURE), "web", "production", Some(&last), now), Ok(Verdict::Same));
+        assert!(check(&manifest(10, "3.0.0", FUTURE), "web", "production", Some(&last), now).is_err());
+        let past = humantime::format_rfc3339_seconds(now - Duration::from_secs(60)).to_string();
+        assert!(check(&manifest(11, "3.0.0", &past), "web", "production", Some(&last), now)
+            .unwrap_err()
+            .reason
+            .contains("expired"));
+        assert!(check(&manifest(11, "3.0.0", FUTURE), "api", "production", None, now).is_err());
+        assert!(check(&manifest(11, "3.0.0", FUTURE), "web", "staging", None, now).is_err());
+        assert!(matches!(
+            check(&manifest(11, "3.0.0", FUTURE), "web", "production", Some(&last), now),
+            Ok(Verdict::New(_))
+        ));
+    }
+
+    #[test]
+    fn artifact_paths_stay_relative() {
+        assert!(valid_artifact_path("releases/1.0.tar.zst"));
+        for bad in ["", "/etc/passwd", "../x", "releases/../../x", "a//b", "a/./b", "a\\b", "a b"] {
+            assert!(!valid_artifact_path(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The CI side: `keygen` and `publish`. `publish` packs a deterministic `.tar.zst` from a directory (sorted
+//! entries, fixed mtimes, owners and modes, so the same tree always gives the same bytes), uploads it to
+//! `BASE/APP/releases/VERSION.tar.zst`, then signs and writes the channel manifest with the next sequence:
+//! the signature first, the manifest last, so an agent never sees a new manifest without its signature.
+//! `--promote-only` points a channel at an already uploaded version (a promotion, or a deliberate rollback).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::manifest::{self, Manifest};
+use crate::pull;
+use crate::source::{Fetched, Options, Source};
+use crate::version::Version;
+
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub base: String,
+    pub app: String,
+    pub channel: String,
+    pub version: Version,
+    pub key: PathBuf,
+    /// A directory to pack, or an archive to upload as it is; neither with `promote_only`.
+    pub dir: Option<PathBuf>,
+    pub file: Option<PathBuf>,
+    pub promote_only: bool,
+    pub expires_in: Duration,
+    pub options: Options,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishOutcome {
+    pub app: String,
+    pub channel: String,
+    pub version: String,
+    pub artifact: String,
+    pub sha256: String,
+    pub size: u64,
+    pub sequence: u64,
+    pub expires: String,
+    /// Whether the artifact was uploaded now (false: it was already there, byte for byte).
+    pub uploaded: bool,
+}
+
+pub fn publish(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(publish_async(req))
+}
+
+async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
+    let sk = manifest::load_secret_key(&req.key)?;
+    if !crate::config::valid_app_name(&req.app) {
+        return Err(Error::Usage(format!("--app `{}`: expected [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", req.app)).into());
+    }
+    if !crate::config::valid_app_name(&req.channel) {
+        return Err(
+            Error::Usage(format!("--channel `{}`: expected [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", req.channel)).into()
+        );
+    }
+    let base = format!("{}/{}", req.base.trim_end_matches('/'), req.app);
+    let src = Source::open(&base, &req.options)?;
+    let artifact = format!("releases/{}.tar.zst", req.version);
+    let existing = hash_object(&src, &artifact).await?;
+    let (sha256, size, uploaded) = if req.promote_only {
+        let (sha, size) = existing.ok_or_else(|| Error::Source {
+            source_url: src.describe(&artifact),
+            message: "not found: --promote-only needs a version that was published before".to_owned(),
+        })?;
+        (sha, size, false)
+    } else {
+        let tmp;
+        let archive = match (&req.dir, &req.file) {
+            (Some(dir), None) => {
+                tmp = tempfile::NamedTempFile::new().context("creating a temporary archive")?;
+                pack_dir(dir, tmp.path())?;
+                tmp.path().to_owned()
+            }
+            (None, Some(file)) => file.clone(),
+            _ => return Err(Error::Usage("give either a directory to pack or --file ARCHIVE".to_owned()).into()),
+        };
+        let (sha, size) = crate::deploy::sha256_file(&archive)?;
+        match existing {
+            Some((old, _)) if old == sha => (sha, size, false),
+            Some((old, _)) => {
+                return Err(Error::Usage(format!(
+                    "{} already exists with other content (sha256 {old}, this one {sha}); releases are immutable: \
+                     publish a new version",
+                    src.describe(&artifact)
+                ))
+                .into())
+            }
+            None => {
+                src.put_file(&artifact, &archive).await?;
+                (sha, size, true)
+            }
+        }
+    };
+    let key = pull::channel_key(&req.channel);
+    let old_sequence = match src.fetch_small(&key, None).await? {
+        Fetched::Body { bytes, .. } => serde_json::from_slice::<Manifest>(&bytes).map(|m| m.sequence).unwrap_or(0),
+        _ => 0,
+    };
+    let now = SystemTime::now();
+    let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let m = Manifest {
+        app: req.app.clone(),
+        channel: req.channel.clone(),
+        version: req.version.to_string(),
+        artifact: artifact.clone(),
+        sha256: sha256.clone(),
+        size,
+        sequence: (old_sequence + 1).max(unix),
+        expires: humantime::format_rfc3339_seconds(now + req.expires_in).to_string(),
+        published_at: Some(humantime::format_rfc3339_seconds(now).to_string()),
+        published_by: std::env::var("USER").ok(),
+        rollout: None,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&m)?;
+    bytes.push(b'\n');
+    let comment = format!("app:{} channel:{} version:{} sequence:{}", m.app, m.channel, m.version, m.sequence);
+    let sig = manifest::sign(&sk, &bytes, &comment)?;
+    src.put(&format!("{key}.minisig"), Bytes::from(sig.into_bytes())).await?;
+    src.put(&key, Bytes::from(bytes)).await?;
+    Ok(PublishOutcome {
+        app: m.app,
+        channel: m.channel,
+        version: m.version,
+        artifact: src.describe(&artifact),
+        sha256,
+        size,
+        sequence: m.sequence,
+        expires: m.expires,
+        uploaded,
+    })
+}
+
+/// The sha256 and size of an object, streamed; `None` if it does not exist.
+async fn hash_object(src: &Source, rel: &str) -> Result<Option<(String, u64)>, Error> {
+    let dir =
+        tempfile::tempdir().map_err(|e| Error::Source { source_url: src.describe(rel), message: e.to_string() })?;
+    match src.download_unverified(rel, &dir.path().join("a")).await? {
+        None => Ok(None),
+        Some(path) => {
+            let (sha, size) = crate::deploy::sha256_file(&path)
+                .map_err(|e| Error::Source { source_url: src.describe(rel), message: format!("{e:#}") })?;
+            Ok(Some((sha, size)))
+        }
+    }
+}
+
+/// Packs `dir` into a deterministic `.tar.zst` at `out`: entries in byte order of their paths, mtime from
+/// `SOURCE_DATE_EPOCH` (or 0), owner 0:0 without names, modes 0755 (directories and executables) or 0644.
+/// Regular files, directories and symlinks only.
+pub fn pack_dir(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+    let mtime = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let mut paths = Vec::new();
+    collect(dir, Path::new(""), &mut paths)?;
+    paths.sort();
+    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut enc = zstd::Encoder::new(BufWriter::new(file), 10)?;
+    enc.include_checksum(true)?;
+    let mut tar = tar::Builder::new(enc);
+    for rel in &paths {
+        let full = dir.join(rel);
+        let meta = std::fs::symlink_metadata(&full).with_context(|| format!("reading {}", full.display()))?;
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        let ft = meta.file_type();
+        use std::os::unix::fs::PermissionsExt;
+        let exec = meta.permissions().mode() & 0o111 != 0;
+        if ft.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            tar.append_data(&mut h, rel, std::io::empty())?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&full)?;
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            tar.append_link(&mut h, rel, &target)?;
+        } else if ft.is_file() {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(if exec { 0o755 } else { 0o644 });
+            h.set_size(meta.len());
+            let f = File::open(&full).with_context(|| format!("opening {}", full.display()))?;
+            tar.append_data(&mut h, rel, f.take(meta.len()))?;
+        } else {
+            anyhow::bail!("{}: only files, directories and symlinks can be packed", full.display());
+        }
+    }
+    let enc = tar.into_inner()?;
+    let mut w = enc.finish()?;
+    w.flush()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}
+
+fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let dir = root.join(rel);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        out.push(child.clone());
+        if entry.file_type()?.is_dir() {
+            collect(root, &child, out)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The artifact bucket of one app, `BASE/APP/` (`s3://`, `gs://`, `az://`, `https://`, `file://`), through the
+//! `object_store` crate:
+//!
+//! ```text
+//! BASE/APP/releases/VERSION.tar.zst (+ .minisig)
+//! BASE/APP/channels/CHANNEL.json (+ .minisig)
+//! ```
+//!
+//! Polls are conditional (`If-None-Match` with the last ETag), so an idle poll is one small request answered
+//! `304`. Downloads stream to `STATE_DIR/APP/downloads/`, resume with a range request after a failure, never take
+//! more bytes than the manifest's size, and are checked against its sha256 before anything is unpacked.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig};
+use sha2::{Digest, Sha256};
+
+use crate::config::AppConfig;
+use crate::error::Error;
+
+/// Largest manifest or signature we read: they are a few hundred bytes.
+const MAX_SMALL: u64 = 64 << 10;
+/// A download that delivers nothing for this long is dropped (and resumed).
+const STALL: Duration = Duration::from_secs(30);
+/// A small request (manifest, signature) that takes longer than this has failed.
+const SMALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts per download before giving up until the next poll.
+const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+}
+
+/// Per-source connection settings (from the app's config, or `publish`'s flags).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: bool,
+}
+
+impl Options {
+    pub fn of(cfg: &AppConfig) -> Options {
+        Options { endpoint: cfg.endpoint.clone(), region: cfg.region.clone(), allow_http: cfg.allow_http }
+    }
+}
+
+/// What a conditional fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    NotModified,
+    Missing,
+    Body { bytes: Bytes, etag: Option<String> },
+}
+
+impl Source {
+    /// Opens `url` (the app's `BASE/APP`). Credentials come from the standard environment of each store
+    /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and, for S3, the instance's metadata service.
+    pub fn open(url: &str, opts: &Options) -> Result<Source, Error> {
+        let err = |message: String| Error::Source { source_url: url.to_owned(), message };
+        let parsed = url::Url::parse(url).map_err(|e| err(format!("not a URL: {e}")))?;
+        let (scheme, prefix) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| err(format!("unsupported source: {e}")))?;
+        let mut client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            // Downloads are bounded by our own stall timer instead: a large artifact may take long, but never
+            // silently.
+            .with_timeout_disabled();
+        if opts.allow_http {
+            client = client.with_allow_http(true);
+        }
+        let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(15), ..Default::default() };
+        let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme {
+            ObjectStoreScheme::Local => Ok(Arc::new(object_store::local::LocalFileSystem::new())),
+            ObjectStoreScheme::AmazonS3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .with_allow_http(opts.allow_http);
+                if let Some(r) = &opts.region {
+                    b = b.with_region(r);
+                }
+                if let Some(e) = &opts.endpoint {
+                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+                }
+                b.build().map(|s| Arc::new(s) as _)
+            }
+            ObjectStoreScheme::GoogleCloudStorage => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_client_options(client)
+                .with_retry(retry)
+                .build()
+                .map(|s| Arc::new(s) as _),
+            ObjectStoreScheme::MicrosoftAzure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .with_allow_http(opts.allow_http);
+                if let Some(e) = &opts.endpoint {
+                    b = b.with_endpoint(e.clone());
+                }
+                b.build().map(|s| Arc::new(s) as _)
+            }
+            ObjectStoreScheme::Http => {
+                if parsed.scheme() == "http" && !opts.allow_http {
+                    return Err(err("plain http:// needs `allow_http = true`".to_owned()));
+                }
+                object_store::http::HttpBuilder::new()
+                    .with_url(&parsed[..url::Position::BeforePath])
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as _)
+            }
+            other => return Err(err(format!("unsupported scheme {other:?}"))),
+        };
+        let store = built.map_err(|e| err(format!("{e}")))?;
+        Ok(Source { url: url.trim_end_matches('/').to_owned(), store, prefix })
+    }
+
+    fn key(&self, rel: &str) -> ObjPath {
+        rel.split('/').fold(self.prefix.clone(), |p, part| p.clone().join(part))
+    }
+
+    pub fn describe(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.url)
+    }
+
+    fn error(&self, rel: &str, e: impl std::fmt::Display) -> Error {
+        Error::Source { source_url: self.describe(rel), message: e.to_string() }
+    }
+
+    /// A small object (manifest, signature), conditionally on `etag`.
+    pub async fn fetch_small(&self, rel: &str, etag: Option<&str>) -> Result<Fetched, Error> {
+        let opts = GetOptions { if_none_match: etag.map(str::to_owned), ..Default::default() };
+        let get = async {
+            match self.store.get_opts(&self.key(rel), opts).await {
+                Ok(r) => {
+                    if r.meta.size > MAX_SMALL {
+                        return Err(
+                            self.error(rel, format!("{} bytes; a manifest is at most {MAX_SMALL}", r.meta.size))
+                        );
+                    }
+                    let etag = r.meta.e_tag.clone();
+                    let bytes = r.bytes().await.map_err(|e| self.error(rel, e))?;
+                    if bytes.len() as u64 > MAX_SMALL {
+                        return Err(self.error(rel, "larger than announced"));
+                    }
+                    Ok(Fetched::Body { bytes, etag })
+                }
+                Err(object_store::Error::NotModified { .. }) => Ok(Fetched::NotModified),
+                Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Missing),
+                Err(e) => Err(self.error(rel, e)),
+            }
+        };
+        tokio::time::timeout(SMALL_TIMEOUT, get)
+            .await
+            .unwrap_or_else(|_| Err(self.error(rel, format!("no answer within {}s", SMALL_TIMEOUT.as_secs()))))
+    }
+
+    /// Downloads `rel` into `dir` as `SHA256.tar.zst`, resuming a partial download, retrying with exponential
+    /// backoff. Returns the path of a file whose size and sha256 match.
+    pub async fn download(&self, rel: &str, dir: &Path, sha256: &str, size: u64) -> Result<PathBuf, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| self.error(rel, format!("creating {}: {e}", dir.display())))?;
+        let done = dir.join(format!("{sha256}.tar.zst"));
+        let part = dir.join(format!("{sha256}.tar.zst.part"));
+        if done.exists() {
+            if hash_prefix(&done, u64::MAX).is_ok_and(|(h, n)| n == size && hex::encode(h.finalize()) == sha256) {
+                return Ok(done);
+            }
+            let _ = std::fs::remove_file(&done);
+        }
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            match self.download_once(rel, &part, sha256, size).await {
+                Ok(()) => break,
+                Err(Attempt::Final(e)) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+                Err(Attempt::Again(e)) if attempt >= ATTEMPTS || crate::progress::shutting_down() => return Err(e),
+                Err(Attempt::Again(e)) => {
+                    tracing::warn!(
+                        "download of {} failed (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying in {}s",
+                        self.describe(rel),
+                        backoff.as_secs()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    attempt += 1;
+                }
+            }
+        }
+        std::fs::rename(&part, &done).map_err(|e| self.error(rel, format!("renaming {}: {e}", part.display())))?;
+        Ok(done)
+    }
+
+    async fn download_once(&self, rel: &str, part: &Path, sha256: &str, size: u64) -> Result<(), Attempt> {
+        let again = |e: Error| Attempt::Again(e);
+        let io =
+            |what: &str, e: std::io::Error| Attempt::Again(self.error(rel, format!("{what} {}: {e}", part.display())));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(part)
+            .map_err(|e| io("opening", e))?;
+        let (mut hasher, mut have) = hash_prefix(part, size).map_err(|e| io("reading", e))?;
+        if have >= size && size > 0 {
+            // A complete (or overlong) part from an earlier run: check it as it is.
+            file.set_len(size).map_err(|e| io("truncating", e))?;
+            have = size;
+        }
+        if have < size || size == 0 {
+            let range = (have > 0).then_some(GetRange::Offset(have));
+            let opts = GetOptions { range, ..Default::default() };
+            let result = tokio::time::timeout(STALL, self.store.get_opts(&self.key(rel), opts))
+                .await
+                .map_err(|_| again(self.error(rel, "no answer")))?;
+            let result = match result {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Err(Attempt::Again(self.error(rel, "not found"))),
+                Err(e) => return Err(again(self.error(rel, e))),
+            };
+            if result.meta.size != size {
+                return Err(Attempt::Final(Error::ArtifactMismatch {
+                    artifact: self.describe(rel),
+                    reason: format!("the bucket holds {} bytes; the manifest says {size}", result.meta.size),
+                }));
+            }
+            if result.range.start != have {
+                // The server ignored the range: start over.
+                file.set_len(0).map_err(|e| io("truncating", e))?;
+                hasher = Sha256::new();
+                have = 0;
+            }
+            file.seek(std::io::SeekFrom::Start(have)).map_err(|e| io("seeking", e))?;
+            let mut stream = result.into_stream();
+            loop {
+                let next = tokio::time::timeout(STALL, stream.next())
+                    .await
+                    .map_err(|_| again(self.error(rel, format!("no data for {}s", STALL.as_secs()))))?;
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| again(self.error(rel, e)))?;
+                if have + chunk.len() as u64 > size {
+                    return Err(Attempt::Final(Error::ArtifactMismatch {
+                        artifact: self.describe(rel),
+                        reason: format!("the body is longer than the manifest's size of {size} bytes"),
+                    }));
+                }
+                file.write_all(&chunk).map_err(|e| io("writing", e))?;
+                hasher.update(&chunk);
+                have += chunk.len() as u64;
+                crate::progress::beat();
+                if crate::progress::shutting_down() {
+                    return Err(again(self.error(rel, "stopped: the agent is shutting down")));
+                }
+            }
+        }
+        if have != size {
+            return Err(again(self.error(rel, format!("the body ended after {have} of {size} bytes"))));
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            return Err(Attempt::Final(Error::ArtifactMismatch {
+                artifact: self.describe(rel),
+                reason: format!("sha256 is {actual}, the manifest says {sha256}"),
+            }));
+        }
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        Ok(())
+    }
+
+    /// Streams an object to `dest` as it is (for `publish`, which hashes what is already there). `None` when
+    /// the object does not exist.
+    pub async fn download_unverified(&self, rel: &str, dest: &Path) -> Result<Option<PathBuf>, Error> {
+        let result = match self.store.get_opts(&self.key(rel), GetOptions::default()).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error(rel, e)),
+        };
+        let mut file = File::create(dest).map_err(|e| self.error(rel, format!("creating {}: {e}", dest.display())))?;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = tokio::time::timeout(STALL, stream.next())
+            .await
+            .map_err(|_| self.error(rel, format!("no data for {}s", STALL.as_secs())))?
+        {
+            let chunk = chunk.map_err(|e| self.error(rel, e))?;
+            file.write_all(&chunk).map_err(|e| self.error(rel, format!("writing {}: {e}", dest.display())))?;
+        }
+        Ok(Some(dest.to_owned()))
+    }
+
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), Error> {
+        self.store.put(&self.key(rel), bytes.into()).await.map(|_| ()).map_err(|e| self.error(rel, e))
+    }
+
+    /// Uploads a file in parts (large artifacts never sit in memory whole).
+    pub async fn put_file(&self, rel: &str, path: &Path) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        let mut w = object_store::buffered::BufWriter::new(self.store.clone(), self.key(rel));
+        let mut f = File::open(path).map_err(|e| self.error(rel, format!("opening {}: {e}", path.display())))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| self.error(rel, format!("reading {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).await.map_err(|e| self.error(rel, e))?;
+        }
+        w.shutdown().await.map_err(|e| self.error(rel, e))
+    }
+}
+
+enum Attempt {
+    /// Worth retrying (network, stall, truncated body).
+    Again(Error),
+    /// The artifact itself is wrong: retrying cannot help.
+    Final(Error),
+}
+
+/// Hashes the first bytes of `path` (at most `limit`), returning the hasher and how many bytes it saw.
+fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
+    let mut hasher = Sha256::new();
+    let mut f = File::open(path)?.take(limit);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            return Ok((hasher, n));
+        }
+        hasher.update(&buf[..k]);
+        n += k as u64;
+    }
+}
