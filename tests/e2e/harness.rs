@@ -53,7 +53,7 @@ impl Host {
 
     pub fn write_config(&self, extra: &str) {
         let text = format!(
-            "[agent]\nstate_dir = \"{}\"\n\n[apps.web]\nroot = \"{}\"\nkeep = 3\n{extra}\n",
+            "[agent]\nstate_dir = \"{}\"\npoll_interval = \"500ms\"\n\n[apps.web]\nroot = \"{}\"\nkeep = 3\n{extra}\n",
             self.state_dir().parent().unwrap().display(),
             self.root().display()
         );
@@ -239,11 +239,17 @@ pub struct Service {
 impl Service {
     /// App config that restarts the demo service and checks its /healthz, plus `extra` TOML.
     pub fn host(health: &str, extra: &str) -> (Host, Service) {
+        Service::host_with(|_| String::new(), health, extra)
+    }
+
+    /// Like [`Service::host`], with more keys of `[apps.web]` itself (made from the new host).
+    pub fn host_with(app_keys: impl FnOnce(&Host) -> String, health: &str, extra: &str) -> (Host, Service) {
         let h = Host::new();
         let port = free_port();
         let pidfile = h.path().join("service.pid");
         let cfg = format!(
-            "[apps.web.service]\nrestart = [\"{BIN}\", \"demo-service\", \"restart\", \"--root\", \"{root}\", \"--port\", \"{port}\", \"--pidfile\", \"{pid}\"]\ntimeout = \"10s\"\n\n[[apps.web.checks]]\nhttp = \"http://127.0.0.1:{port}/healthz\"\nexpect_status = 200\ntimeout = \"1s\"\n\n[apps.web.health]\n{health}\n{extra}",
+            "{keys}\n[apps.web.service]\nrestart = [\"{BIN}\", \"demo-service\", \"restart\", \"--root\", \"{root}\", \"--port\", \"{port}\", \"--pidfile\", \"{pid}\"]\ntimeout = \"10s\"\n\n[[apps.web.checks]]\nhttp = \"http://127.0.0.1:{port}/healthz\"\nexpect_status = 200\ntimeout = \"1s\"\n\n[apps.web.health]\n{health}\n{extra}",
+            keys = app_keys(&h),
             root = h.root().display(),
             pid = pidfile.display()
         );

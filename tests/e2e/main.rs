@@ -1,8 +1,10 @@
 //! End-to-end tests: each drives the real `switchback` binary on its own temporary host tree.
 
+mod bucket;
 mod harness;
 
 mod cli;
 mod crash;
+mod daemon;
 mod health;
 mod hostile;

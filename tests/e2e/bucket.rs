@@ -1,0 +1,430 @@
+//! Real components for the daemon tests: a Garage S3 server on loopback (installed by `tests/run`), a TCP proxy in
+//! front of it that records requests and can cut a response short, and a running `switchback daemon`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{free_port, Host, Out, BIN};
+
+/// Waits until `f` holds, polling every 100 ms; panics with `what` after `timeout`.
+#[track_caller]
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn garage_bin() -> PathBuf {
+    if let Some(p) =
+        std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("garage")).find(|p| p.is_file())
+    {
+        return p;
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/garage");
+    assert!(local.is_file(), "garage is not installed: run tests/run, which installs it (see TEST-INFRA in README)");
+    local
+}
+
+/// A single-node Garage with one bucket and one key, on free loopback ports. Stopped (and its data removed) on
+/// drop.
+pub struct Garage {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub s3_port: u16,
+    admin_port: u16,
+    rpc_port: u16,
+    pub key_id: String,
+    pub secret: String,
+    pub bucket: String,
+}
+
+fn hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:x}", fastrand::u8(0..16))).collect()
+}
+
+impl Garage {
+    pub fn start() -> Garage {
+        let mut g = Garage {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            s3_port: free_port(),
+            admin_port: free_port(),
+            rpc_port: free_port(),
+            key_id: format!("GK{}", hex(24)),
+            secret: hex(64),
+            bucket: "releases".to_owned(),
+        };
+        let d = g.dir.path();
+        std::fs::write(
+            d.join("garage.toml"),
+            format!(
+                "metadata_dir = \"{meta}\"\ndata_dir = \"{data}\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\
+                 [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\nadmin_token = \"{token}\"\n",
+                meta = d.join("meta").display(),
+                data = d.join("data").display(),
+                rpc = g.rpc_port,
+                secret = hex(64),
+                s3 = g.s3_port,
+                admin = g.admin_port,
+                token = hex(32),
+            ),
+        )
+        .unwrap();
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("garage.log")).unwrap();
+        let child = Command::new(garage_bin())
+            .arg("-c")
+            .arg(d.join("garage.toml"))
+            .args(["server", "--single-node", "--default-bucket"])
+            .env("GARAGE_DEFAULT_ACCESS_KEY", &self.key_id)
+            .env("GARAGE_DEFAULT_SECRET_KEY", &self.secret)
+            .env("GARAGE_DEFAULT_BUCKET", &self.bucket)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting garage");
+        self.child = Some(child);
+        let admin = self.admin_port;
+        wait_for("garage to answer its health check", Duration::from_secs(30), || {
+            http_status(admin, "/health") == Some(200)
+        });
+        // The default bucket and key are set up just after the health check turns green.
+        wait_for("garage's default bucket", Duration::from_secs(30), || self.ls().is_ok());
+    }
+
+    /// Stops the server (SIGTERM), as in an outage. Its data stays for [`Garage::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// Environment for a process that talks to the server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret.clone()),
+            ("AWS_REGION".into(), "garage".into()),
+        ]
+    }
+
+    /// An object store client for the test itself (to tamper with objects).
+    pub fn client(&self, endpoint: &str) -> Bucket {
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region("garage")
+            .with_endpoint(endpoint)
+            .with_allow_http(true)
+            .with_access_key_id(&self.key_id)
+            .with_secret_access_key(&self.secret)
+            .build()
+            .unwrap();
+        Bucket {
+            store: Arc::new(store),
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        }
+    }
+
+    fn ls(&self) -> Result<(), String> {
+        self.client(&self.endpoint()).try_list()
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A blocking face on an object store, for tests.
+pub struct Bucket {
+    store: Arc<dyn object_store::ObjectStore>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        self.rt.block_on(async { self.store.get(&key.into()).await.unwrap().bytes().await.unwrap().to_vec() })
+    }
+
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        use object_store::ObjectStoreExt;
+        self.rt.block_on(async { self.store.put(&key.into(), bytes.to_vec().into()).await.unwrap() });
+    }
+
+    fn try_list(&self) -> Result<(), String> {
+        use futures_util::StreamExt;
+        self.rt.block_on(async {
+            let mut s = self.store.list(None);
+            while let Some(item) = s.next().await {
+                item.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A TCP proxy in front of a server: it records the head of every request (method, path, headers) and the status
+/// line of every response, and can cut the next large response short (a dropped connection mid-download).
+pub struct Proxy {
+    pub port: u16,
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// Cut responses (counted from the start of their connection) that grow past this many bytes (0: never)...
+    cut_after: Arc<AtomicU64>,
+    /// ...this many times.
+    cuts_left: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let cut_after = Arc::new(AtomicU64::new(0));
+        let cuts_left = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, c, n, s) = (log.clone(), cut_after.clone(), cuts_left.clone(), stop.clone());
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            let _ = client.shutdown(Shutdown::Both);
+                            continue;
+                        };
+                        pump(client, server, l.clone(), c.clone(), n.clone());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy { port, log, cut_after, cuts_left, stop }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the next `times` connections whose responses grow past `bytes`.
+    pub fn cut_responses_after(&self, bytes: u64, times: u64) {
+        self.cut_after.store(bytes, Ordering::SeqCst);
+        self.cuts_left.store(times, Ordering::SeqCst);
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Requests (first lines) seen so far whose request line contains `needle`.
+    pub fn requests(&self, needle: &str) -> Vec<String> {
+        self.lines().into_iter().filter(|l| !l.starts_with("HTTP/") && l.contains(needle)).collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn pump(client: TcpStream, server: TcpStream, log: Arc<Mutex<Vec<String>>>, cut: Arc<AtomicU64>, left: Arc<AtomicU64>) {
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (mut s_read, mut c_write) = (server, client);
+    let up_log = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match c_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let text = String::from_utf8_lossy(&buf[..n]);
+            if let Some(head) = text.split("\r\n\r\n").next() {
+                let first = head.lines().next().unwrap_or("");
+                if ["GET ", "HEAD ", "PUT ", "POST ", "DELETE "].iter().any(|m| first.starts_with(m)) {
+                    // One entry per request: the request line plus the headers that matter here.
+                    let extra: Vec<&str> = head
+                        .lines()
+                        .filter(|l| {
+                            let l = l.to_ascii_lowercase();
+                            l.starts_with("range:") || l.starts_with("if-none-match:")
+                        })
+                        .collect();
+                    up_log.lock().unwrap().push(format!("{first} {}", extra.join(" ")));
+                }
+            }
+            if s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut sent = 0u64;
+        loop {
+            let n = match s_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let text = String::from_utf8_lossy(&buf[..n.min(64)]).to_string();
+            if text.starts_with("HTTP/") {
+                log.lock().unwrap().push(text.lines().next().unwrap_or("").to_owned());
+            }
+            // A connection whose responses reach the armed limit is cut there, while cuts are left.
+            let limit = cut.load(Ordering::SeqCst);
+            let cutting = limit > 0
+                && sent + n as u64 > limit
+                && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)).is_ok();
+            let n = if cutting { (limit - sent) as usize } else { n };
+            if c_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+            if cutting {
+                let _ = c_write.shutdown(Shutdown::Both);
+                let _ = s_read.shutdown(Shutdown::Both);
+                break;
+            }
+        }
+        let _ = c_write.shutdown(Shutdown::Write);
+    });
+}
+
+/// A running `switchback daemon` for a host, with its stderr kept in a file. SIGTERM and wait on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(host: &Host, env: &[(String, String)]) -> Daemon {
+        let log = host.path().join(format!("daemon-{}.log", fastrand::u32(..)));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&host.config)
+            .arg("daemon")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SWITCHBACK_LOG", "switchback=debug,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon { child: Some(child), log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut c) = self.child.take() else { return -1 };
+        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("the daemon did not stop within 30 s of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `switchback keygen` into the host's directory; returns (PREFIX.key path, public key).
+pub fn keygen(host: &Host, name: &str) -> (PathBuf, String) {
+    let prefix = host.path().join(name);
+    let out = host.run(&["keygen", "--out", prefix.to_str().unwrap(), "--json"]);
+    out.expect(0);
+    let pk = out.json()["public_key"].as_str().unwrap().to_owned();
+    (prefix.with_extension("key"), pk)
+}
+
+/// `switchback publish` of a directory holding a demo-service release.
+pub fn publish(host: &Host, env: &[(String, String)], args: &[&str]) -> Out {
+    let mut all: Vec<&str> = vec!["publish"];
+    all.extend_from_slice(args);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    host.run_env(&all, &env)
+}
+
+/// Writes a demo-service release tree (version.txt, health) under the host and returns its path.
+pub fn release_dir(host: &Host, version: &str, health: u16) -> PathBuf {
+    let dir = host.path().join("build").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("version.txt"), version).unwrap();
+    std::fs::write(dir.join("health"), health.to_string()).unwrap();
+    dir
+}

@@ -1,0 +1,590 @@
+//! The daemon against real components: a Garage S3 server (through a recording proxy), the demo HTTP service being
+//! health-checked, signed manifests made by `switchback publish`, systemd's notify protocol on our own socket.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon, Garage, Proxy};
+use crate::harness::{Host, Service};
+
+const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"2s\"";
+const LIVE: Duration = Duration::from_secs(30);
+
+/// A host whose app `web` follows channel `production` of a Garage bucket, through a proxy.
+struct S3Host {
+    garage: Garage,
+    proxy: Proxy,
+    host: Host,
+    svc: Service,
+    key: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl S3Host {
+    fn new(health: &str) -> S3Host {
+        let garage = Garage::start();
+        let proxy = Proxy::start(garage.s3_port);
+        let endpoint = proxy.endpoint();
+        let (host, svc) = Service::host_with(
+            |_| {
+                format!(
+                    "source = \"s3://{}/web\"\nendpoint = \"{endpoint}\"\nregion = \"garage\"\nallow_http = true\ntrusted_keys = [\"PUBLIC_KEY\"]\n",
+                    garage.bucket
+                )
+            },
+            health,
+            "",
+        );
+        let key = trust_new_key(&host);
+        let env = garage.env();
+        S3Host { garage, proxy, host, svc, key, env }
+    }
+
+    fn publish(&self, version: &str, health: u16) {
+        let dir = release_dir(&self.host, version, health);
+        self.publish_args(&["--version", version, dir.to_str().unwrap()]).expect(0);
+    }
+
+    fn publish_args(&self, extra: &[&str]) -> crate::harness::Out {
+        self.publish_with_key(&self.key, extra)
+    }
+
+    fn publish_with_key(&self, key: &std::path::Path, extra: &[&str]) -> crate::harness::Out {
+        let endpoint = self.garage.endpoint();
+        let mut args = vec![
+            "--to",
+            "s3://releases",
+            "--endpoint",
+            &endpoint,
+            "--region",
+            "garage",
+            "--allow-http",
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        publish(&self.host, &self.env, &args)
+    }
+
+    fn daemon(&self) -> Daemon {
+        Daemon::start(&self.host, &self.env)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        self.host.run(&["status", "web", "--json"]).expect(0).json()["apps"][0].clone()
+    }
+
+    fn bad(&self) -> Vec<String> {
+        self.status()["bad"].as_array().unwrap().iter().map(|b| b["version"].as_str().unwrap().to_owned()).collect()
+    }
+
+    fn wait_current(&self, version: &str) -> Duration {
+        let start = Instant::now();
+        wait_for(&format!("current to become {version}"), LIVE, || self.host.current().as_deref() == Some(version));
+        start.elapsed()
+    }
+}
+
+#[test]
+fn follows_the_channel_rolls_back_a_bad_release_and_a_manual_rollback_sticks() {
+    let s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    let published = Instant::now();
+    s.publish("1.0.0", 200);
+    s.wait_current("1.0.0");
+    let took = published.elapsed();
+    // One poll interval (500 ms, ±10%) plus the deploy's own time (restart and two passes of 100 ms).
+    assert!(took < Duration::from_secs(10), "1.0.0 went live {took:?} after publish");
+    assert!(s.svc.get("/version.txt").unwrap().1.ends_with("1.0.0"));
+
+    // A release that fails its checks is rolled back and marked bad; the daemon goes on.
+    s.publish("2.0.0", 500);
+    wait_for("2.0.0 to be marked bad", LIVE, || s.bad().contains(&"2.0.0".to_owned()));
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    assert!(d.alive());
+
+    s.publish("3.0.0", 200);
+    s.wait_current("3.0.0");
+
+    // A manual rollback while the daemon runs sticks: the channel still names 3.0.0, which is now bad.
+    s.host.run(&["rollback", "web", "--reason", "smoke"]).expect(0);
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    assert!(s.bad().contains(&"3.0.0".to_owned()));
+    let st = s.status();
+    assert!(st["daemon"]["activity"].as_str().unwrap().contains("3.0.0 is marked bad"), "{st:#}");
+    assert!(!st["daemon"]["last_poll"].as_str().unwrap().is_empty(), "{st:#}");
+
+    // A pin holds the app until unpin.
+    s.host.run(&["pin", "web", "1.0.0"]).expect(0);
+    s.publish("4.0.0", 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    assert!(s.status()["daemon"]["activity"].as_str().unwrap().contains("pinned to 1.0.0"));
+    s.host.run(&["unpin", "web"]).expect(0);
+    s.wait_current("4.0.0");
+
+    let ops: Vec<String> = s.host.history().iter().map(|e| e["op"].as_str().unwrap().to_owned()).collect();
+    for op in ["accept", "deploy", "rollback", "pin", "unpin"] {
+        assert!(ops.contains(&op.to_owned()), "history lacks {op}: {ops:?}");
+    }
+    assert_eq!(d.stop(), 0, "SIGTERM must end the daemon with 0; log:\n{}", d.log());
+    assert!(!s.host.state_dir().join("daemon.json").exists(), "the daemon's status file outlived it");
+}
+
+#[test]
+fn an_idle_poll_is_one_conditional_request() {
+    let s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    s.publish("1.0.0", 200);
+    s.wait_current("1.0.0");
+    std::thread::sleep(Duration::from_secs(1));
+    let mark = s.proxy.lines().len();
+    std::thread::sleep(Duration::from_secs(4));
+    let lines: Vec<String> = s.proxy.lines()[mark..].to_vec();
+    let requests: Vec<&String> = lines.iter().filter(|l| !l.starts_with("HTTP/")).collect();
+    let responses: Vec<&String> = lines.iter().filter(|l| l.starts_with("HTTP/")).collect();
+    // 4 s at 500 ms ±10%: between 6 and 9 polls.
+    assert!((5..=10).contains(&requests.len()), "{} requests in 4 s: {requests:#?}", requests.len());
+    for r in &requests {
+        assert!(r.starts_with("GET /releases/web/channels/production.json "), "unexpected request {r}");
+        assert!(r.to_ascii_lowercase().contains("if-none-match:"), "unconditional poll: {r}");
+    }
+    assert!(responses.iter().all(|r| r.contains(" 304 ")), "{responses:#?}");
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", d.child.as_ref().unwrap().id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .to_owned();
+    eprintln!("idle daemon (test build): {} requests in 4 s, all 304; {rss}", requests.len());
+    assert!(d.alive());
+}
+
+#[test]
+fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
+    let s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    let bucket = s.garage.client(&s.garage.endpoint());
+    let manifest = "web/channels/production.json";
+    let sig = "web/channels/production.json.minisig";
+    s.publish("1.0.0", 200);
+    s.wait_current("1.0.0");
+    let (old_m, old_s) = (bucket.get(manifest), bucket.get(sig));
+    let refusal = |what: &str, needle: &str, d: &mut Daemon| {
+        wait_for(&format!("the daemon to refuse {what}"), LIVE, || d.log().contains(needle));
+        assert!(d.alive(), "the daemon died on {what}");
+    };
+
+    // Tampered: the bytes changed after signing.
+    let tampered = String::from_utf8(old_m.clone()).unwrap().replace("1.0.0", "6.6.6");
+    bucket.put(manifest, tampered.as_bytes());
+    refusal("a tampered manifest", "bad signature", &mut d);
+
+    // Signed by a key that is not trusted.
+    let other = Host::new();
+    let (other_key, _) = keygen(&other, "intruder");
+    let dir = release_dir(&s.host, "2.0.0", 200);
+    s.publish_with_key(&other_key, &["--version", "2.0.0", dir.to_str().unwrap()]).expect(0);
+    refusal("an untrusted key", "not among the trusted_keys", &mut d);
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+
+    // A newer manifest, then the old one copied back: a replay.
+    std::thread::sleep(Duration::from_millis(1100));
+    s.publish("3.0.0", 200);
+    s.wait_current("3.0.0");
+    bucket.put(sig, &old_s);
+    bucket.put(manifest, &old_m);
+    refusal("a replayed manifest", "replayed: sequence", &mut d);
+
+    // Expired: signed with a validity of one second, put in place after it ran out.
+    let staging = Host::new();
+    let base = format!("file://{}", staging.path().join("bucket").display());
+    std::thread::sleep(Duration::from_millis(1100));
+    let dir4 = release_dir(&s.host, "4.0.0", 200);
+    publish(
+        &s.host,
+        &[],
+        &[
+            "--to",
+            &base,
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--version",
+            "4.0.0",
+            "--key",
+            s.key.to_str().unwrap(),
+            "--expires-in",
+            "1s",
+            dir4.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let staged = staging.path().join("bucket/web");
+    bucket.put("web/releases/4.0.0.tar.zst", &std::fs::read(staged.join("releases/4.0.0.tar.zst")).unwrap());
+    bucket.put(sig, &std::fs::read(staged.join("channels/production.json.minisig")).unwrap());
+    bucket.put(manifest, &std::fs::read(staged.join("channels/production.json")).unwrap());
+    refusal("an expired manifest", "expired at", &mut d);
+
+    // A valid manifest whose artifact in the bucket is not the one it names (same size, one byte flipped).
+    std::thread::sleep(Duration::from_millis(1100));
+    let dir5 = release_dir(&s.host, "5.0.0", 200);
+    publish(
+        &s.host,
+        &[],
+        &[
+            "--to",
+            &base,
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--version",
+            "5.0.0",
+            "--key",
+            s.key.to_str().unwrap(),
+            dir5.to_str().unwrap(),
+        ],
+    )
+    .expect(0);
+    let mut artifact = std::fs::read(staged.join("releases/5.0.0.tar.zst")).unwrap();
+    let mid = artifact.len() / 2;
+    artifact[mid] ^= 0xff;
+    bucket.put("web/releases/5.0.0.tar.zst", &artifact);
+    bucket.put(sig, &std::fs::read(staged.join("channels/production.json.minisig")).unwrap());
+    bucket.put(manifest, &std::fs::read(staged.join("channels/production.json")).unwrap());
+    refusal("a corrupt artifact", "the manifest says", &mut d);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Nothing changed on the host: still 3.0.0, no release of the refused versions, no download left over.
+    assert_eq!(s.host.current().as_deref(), Some("3.0.0"));
+    assert!(s.svc.get("/version.txt").unwrap().1.ends_with("3.0.0"));
+    let dirs = s.host.release_dirs();
+    for v in ["2.0.0", "4.0.0", "5.0.0", "6.6.6"] {
+        assert!(!dirs.contains(&v.to_owned()), "{v} reached the disk: {dirs:?}");
+    }
+    let downloads = s.host.state_dir().join("downloads");
+    let left: Vec<_> =
+        std::fs::read_dir(&downloads).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "downloads left over: {left:?}");
+    // The corrupt artifact is not fetched again at every poll.
+    let fetches = s.proxy.requests("GET /releases/web/releases/5.0.0.tar.zst").len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.proxy.requests("GET /releases/web/releases/5.0.0.tar.zst").len(), fetches);
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_dropped_download_resumes_with_a_range_request() {
+    let s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    let dir = release_dir(&s.host, "1.0.0", 200);
+    // 3 MiB that zstd cannot shrink, so the artifact is large enough to cut.
+    let noise: Vec<u8> = (0..3 << 20).map(|_| fastrand::u8(..)).collect();
+    std::fs::write(dir.join("blob.bin"), &noise).unwrap();
+    // Four cuts: more than the object store client's own resumed retries, so the agent's own resume (from the
+    // partial file it kept) is exercised too.
+    s.proxy.cut_responses_after(1 << 20, 4);
+    s.publish_args(&["--version", "1.0.0", dir.to_str().unwrap()]).expect(0);
+    s.wait_current("1.0.0");
+    let gets = s.proxy.requests("GET /releases/web/releases/1.0.0.tar.zst");
+    // The client resumes by itself first (bounded ranges); when it gives up, the agent resumes from the partial
+    // file it kept (an open range from the partial file's length).
+    assert!(gets.len() >= 4, "expected ranged retries: {gets:#?}");
+    assert!(
+        gets[1..].iter().all(|g| g.to_ascii_lowercase().contains("range: bytes=")),
+        "a retry started over: {gets:#?}"
+    );
+    assert!(gets.last().unwrap().trim_end().ends_with('-'), "the agent did not resume its partial file: {gets:#?}");
+    assert_eq!(std::fs::read(s.host.root().join("current/blob.bin")).unwrap(), noise);
+    assert!(d.log().contains("retrying"), "{}", d.log());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_bucket_outage_keeps_the_release_and_the_daemon_resumes() {
+    let mut s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    s.publish("1.0.0", 200);
+    s.wait_current("1.0.0");
+    s.garage.stop();
+    wait_for("a failed poll", LIVE, || {
+        s.status()["daemon"]["last_poll"].as_str().unwrap_or("").contains("poll failed")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.alive(), "the daemon died in the outage; log:\n{}", d.log());
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    assert!(s.svc.get("/version.txt").unwrap().1.ends_with("1.0.0"));
+    s.garage.restart();
+    s.publish("2.0.0", 200);
+    s.wait_current("2.0.0");
+    assert_eq!(d.stop(), 0);
+}
+
+/// A host following a `file://` base: no S3 server needed. Returns the host, its service, the signing key and
+/// the base to publish to.
+fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
+    let (host, svc) = Service::host_with(
+        |h| format!("source = \"file://{}/bucket/web\"\ntrusted_keys = [\"PUBLIC_KEY\"]\n", h.path().display()),
+        health,
+        "",
+    );
+    let key = trust_new_key(&host);
+    let base = format!("file://{}/bucket", host.path().display());
+    (host, svc, key, base)
+}
+
+/// Makes a key pair in the host's directory and puts its public key where the config says PUBLIC_KEY.
+fn trust_new_key(host: &Host) -> PathBuf {
+    let (key, pk) = keygen(host, "ci");
+    let cfg = std::fs::read_to_string(&host.config).unwrap().replace("PUBLIC_KEY", &pk);
+    std::fs::write(&host.config, cfg).unwrap();
+    key
+}
+
+fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, health: u16, extra: &[&str]) {
+    let dir = release_dir(host, version, health);
+    let mut args = vec![
+        "--to",
+        base,
+        "--app",
+        "web",
+        "--channel",
+        "production",
+        "--version",
+        version,
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    publish(host, &[], &args).expect(0);
+}
+
+/// Reads notify datagrams until `want` arrives (or panics after `timeout`); returns every message seen.
+fn expect_notify(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    loop {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.lines().any(|l| l == want || (want.ends_with('=') && l.starts_with(want)));
+            seen.push(msg);
+            if hit {
+                return seen;
+            }
+        }
+        assert!(start.elapsed() < timeout, "no {want} within {timeout:?}; got {seen:#?}");
+    }
+}
+
+#[test]
+fn speaks_the_systemd_notify_protocol() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    let sock_path = host.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let env = vec![
+        ("NOTIFY_SOCKET".to_owned(), sock_path.display().to_string()),
+        ("WATCHDOG_USEC".to_owned(), "1000000".to_owned()),
+    ];
+    let mut d = Daemon::start(&host, &env);
+    expect_notify(&sock, "READY=1", LIVE);
+    wait_for("1.0.0 to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
+    let seen = expect_notify(&sock, "STATUS=", Duration::from_secs(5));
+    assert!(seen.iter().any(|m| m.contains("STATUS=web ")), "{seen:#?}");
+    // Pings at half the watchdog interval: two within 1.5 s.
+    expect_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
+    expect_notify(&sock, "WATCHDOG=1", Duration::from_secs(2));
+    d.signal("HUP");
+    expect_notify(&sock, "RELOADING=1", Duration::from_secs(5));
+    expect_notify(&sock, "READY=1", Duration::from_secs(5));
+    assert!(d.log().contains("configuration reloaded"), "{}", d.log());
+    d.signal("TERM");
+    expect_notify(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn an_inbox_drop_is_deployed_at_once_and_a_bad_one_is_set_aside() {
+    let (host, svc, key, base) = file_host(HEALTH);
+    let inbox = host.path().join("inbox");
+    let cfg = std::fs::read_to_string(&host.config)
+        .unwrap()
+        .replace(&format!("source = \"{base}/web\"\n"), &format!("inbox = \"{}\"\n", inbox.display()));
+    std::fs::write(&host.config, cfg).unwrap();
+    let mut d = Daemon::start(&host, &[]);
+    wait_for("the daemon to be ready", LIVE, || d.log().contains("daemon ready"));
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    let published = host.path().join("bucket/web");
+    let drop_in = |name: &str, from: PathBuf| {
+        let tmp = inbox.join(format!(".{name}.tmp"));
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, inbox.join(name)).unwrap();
+    };
+    let start = Instant::now();
+    drop_in("1.0.0.tar.zst", published.join("releases/1.0.0.tar.zst"));
+    drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
+    drop_in("web.json", published.join("channels/production.json"));
+    wait_for("the inbox drop to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
+    eprintln!("inbox drop live after {:?}", start.elapsed());
+    assert!(svc.get("/version.txt").unwrap().1.ends_with("1.0.0"));
+    wait_for("the inbox to be emptied", LIVE, || std::fs::read_dir(&inbox).unwrap().next().is_none());
+
+    // A manifest whose signature does not match is refused, set aside, and nothing changes.
+    std::thread::sleep(Duration::from_millis(1100));
+    file_publish(&host, &key, &base, "2.0.0", 200, &[]);
+    drop_in("2.0.0.tar.zst", published.join("releases/2.0.0.tar.zst"));
+    drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
+    let forged =
+        std::fs::read_to_string(published.join("channels/production.json")).unwrap().replace("\"size\"", "\"size\" ");
+    std::fs::write(inbox.join(".web.json.tmp"), forged).unwrap();
+    std::fs::rename(inbox.join(".web.json.tmp"), inbox.join("web.json")).unwrap();
+    wait_for("the forged manifest to be set aside", LIVE, || inbox.join("web.json.refused").exists());
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    assert!(d.log().contains("bad signature"), "{}", d.log());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_manual_rollback_cancels_the_daemons_deploy_promptly() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    host.run(&["deploy", "web", "--version", "1.0.0"]).expect(0);
+    // From now on a deploy bakes for a minute.
+    let cfg = std::fs::read_to_string(&host.config)
+        .unwrap()
+        .replace("deadline = \"2s\"", "deadline = \"2s\"\nbake = \"60s\"");
+    std::fs::write(&host.config, cfg).unwrap();
+    let mut d = Daemon::start(&host, &[]);
+    file_publish(&host, &key, &base, "2.0.0", 200, &[]);
+    wait_for("the daemon to bake 2.0.0", LIVE, || {
+        host.run(&["status", "web", "--json"]).json()["apps"][0]["daemon"]["activity"]
+            .as_str()
+            .is_some_and(|a| a.contains("baking"))
+    });
+    let start = Instant::now();
+    let out = host.run(&["rollback", "web", "--reason", "stop that"]);
+    out.expect(0);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "the rollback waited {took:?} for a 60 s bake");
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    let status = host.run(&["status", "web", "--json"]).json()["apps"][0].clone();
+    let bad = status["bad"].as_array().unwrap();
+    assert!(bad.iter().any(|b| b["version"] == "2.0.0"), "{status:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(host.current().as_deref(), Some("1.0.0"), "the daemon brought 2.0.0 back");
+    assert!(!host.state_dir().join("cancel").exists());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn deploy_by_version_fetches_only_what_a_signed_manifest_names() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    host.run(&["deploy", "web", "--version", "1.0.0"]).expect(0);
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    // An artifact that no manifest names is not fetched.
+    std::fs::copy(
+        host.path().join("bucket/web/releases/1.0.0.tar.zst"),
+        host.path().join("bucket/web/releases/9.9.9.tar.zst"),
+    )
+    .unwrap();
+    let out = host.run(&["deploy", "web", "--version", "9.9.9"]);
+    out.expect(2);
+    assert!(out.stderr.contains("signed manifest"), "{}", out.stderr);
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn publish_is_deterministic_immutable_minisign_compatible_and_can_promote() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    let dir = release_dir(&host, "1.0.0", 200);
+    let base2 = format!("file://{}/bucket2", host.path().display());
+    let args = |b: &str| -> Vec<String> {
+        [
+            "--to",
+            b,
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--version",
+            "1.0.0",
+            "--key",
+            key.to_str().unwrap(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.display().to_string()])
+        .collect()
+    };
+    let run = |b: &str| {
+        let a = args(b);
+        publish(&host, &[], &a.iter().map(String::as_str).collect::<Vec<_>>()).expect(0).json()
+    };
+    let first = run(&base);
+    // Same tree, other mtimes: the same bytes.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(dir.join("version.txt"), "1.0.0").unwrap();
+    let second = run(&base2);
+    assert_eq!(first["sha256"], second["sha256"], "packing is not deterministic");
+    // The same version with other content is refused: releases are immutable.
+    std::fs::write(dir.join("extra"), "x").unwrap();
+    let a = args(&base);
+    let out = publish(&host, &[], &a.iter().map(String::as_str).collect::<Vec<_>>());
+    out.expect(2);
+    assert!(out.stderr.contains("immutable"), "{}", out.stderr);
+
+    // minisign itself verifies what publish signed.
+    let channel = host.path().join("bucket/web/channels/production.json");
+    let verify = std::process::Command::new("minisign")
+        .arg("-V")
+        .arg("-p")
+        .arg(key.with_extension("pub"))
+        .arg("-m")
+        .arg(&channel)
+        .output()
+        .expect("minisign is installed by tests/run");
+    assert!(verify.status.success(), "minisign -V: {}", String::from_utf8_lossy(&verify.stderr));
+
+    // Promotion: 2.0.0 is published, then the channel is pointed back at 1.0.0 with a higher sequence.
+    std::thread::sleep(Duration::from_millis(1100));
+    file_publish(&host, &key, &base, "2.0.0", 200, &[]);
+    let seq2: serde_json::Value = serde_json::from_slice(&std::fs::read(&channel).unwrap()).unwrap();
+    let out = publish(
+        &host,
+        &[],
+        &[
+            "--to",
+            &base,
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--version",
+            "1.0.0",
+            "--key",
+            key.to_str().unwrap(),
+            "--promote-only",
+            "--json",
+        ],
+    );
+    let promoted = out.expect(0).json();
+    assert_eq!(promoted["version"], "1.0.0");
+    assert_eq!(promoted["uploaded"], false);
+    assert!(promoted["sequence"].as_u64() > seq2["sequence"].as_u64());
+    assert_eq!(promoted["sha256"], first["sha256"]);
+}
