@@ -62,7 +62,10 @@ struct Handle {
 pub fn run(config_path: &Path) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(serve(config_path.to_owned(), config))
+    let code = rt.block_on(serve(config_path.to_owned(), config));
+    // A worker given up on at shutdown (stuck) must not keep the process alive.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 fn notify(states: &[NotifyState]) {
@@ -142,6 +145,7 @@ async fn shutdown(handles: BTreeMap<String, Handle>, stop_tx: watch::Sender<bool
     progress::request_shutdown();
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     let _ = stop_tx.send(true);
+    let mut code = crate::exit::SUCCESS;
     for (name, h) in handles {
         let info_path = h.worker_info_path();
         let mut join = h.join;
@@ -149,6 +153,12 @@ async fn shutdown(handles: BTreeMap<String, Handle>, stop_tx: watch::Sender<bool
             tokio::select! {
                 _ = &mut join => break,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    // Extend systemd's stop timeout only while the step shows signs of life.
+                    if h.worker.stalled(STOP_STALL) {
+                        tracing::error!("{name}: the step in flight ({}) shows no sign of life; exiting without it (the journal lets the next start finish it)", h.worker.activity());
+                        code = crate::exit::FAILED;
+                        break;
+                    }
                     tracing::info!("{name}: waiting for the step in flight to reach a safe point ({})", h.worker.activity());
                     notify(&[NotifyState::ExtendTimeoutUsec(15_000_000)]);
                 }
@@ -157,8 +167,11 @@ async fn shutdown(handles: BTreeMap<String, Handle>, stop_tx: watch::Sender<bool
         let _ = std::fs::remove_file(info_path);
     }
     tracing::info!("daemon stopped");
-    Ok(crate::exit::SUCCESS)
+    Ok(code)
 }
+
+/// At shutdown, a step silent for this long is given up on.
+const STOP_STALL: Duration = Duration::from_secs(30);
 
 impl Handle {
     fn worker_info_path(&self) -> PathBuf {

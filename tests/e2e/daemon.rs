@@ -417,6 +417,49 @@ fn speaks_the_systemd_notify_protocol() {
 }
 
 #[test]
+fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    let sock_path = host.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let env = vec![
+        ("NOTIFY_SOCKET".to_owned(), sock_path.display().to_string()),
+        ("WATCHDOG_USEC".to_owned(), "1000000".to_owned()),
+        ("SWITCHBACK_HANG_AT".to_owned(), "after-unpack".to_owned()),
+    ];
+    let mut d = Daemon::start(&host, &env);
+    wait_for("the worker to hang", LIVE, || d.log().contains("hanging at crash point"));
+    // Pings may go on until the silence exceeds the watchdog interval; then none may come.
+    std::thread::sleep(Duration::from_millis(1500));
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    std::thread::sleep(Duration::from_secs(2));
+    let mut late = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        late.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(!late.iter().any(|m| m.contains("WATCHDOG=1")), "pinged while hung: {late:#?}");
+    assert!(d.log().contains("withholding the watchdog ping"), "{}", d.log());
+    assert_eq!(host.current(), None);
+    // What systemd does to a silent service: SIGKILL, then start it again.
+    if let Some(c) = d.child.as_mut() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let mut d = Daemon::start(&host, &[]);
+    wait_for("the restarted daemon to deploy 1.0.0", LIVE, || host.current().as_deref() == Some("1.0.0"));
+    let leftovers: Vec<String> = std::fs::read_dir(host.root().join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
 fn an_inbox_drop_is_deployed_at_once_and_a_bad_one_is_set_aside() {
     let (host, svc, key, base) = file_host(HEALTH);
     let inbox = host.path().join("inbox");
