@@ -221,6 +221,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     endpoint: a.endpoint.clone(),
                     region: a.region.clone(),
                     allow_http: a.allow_http,
+                    download: Default::default(),
                 },
             })?;
             if cli.json {

@@ -52,6 +52,9 @@ pub struct AppConfig {
     pub allow_http: bool,
     /// A directory watched for `*.json` manifests (+ `.minisig`) with their archives, deployed at once.
     pub inbox: Option<PathBuf>,
+    /// How downloads from `source` give up on a slow or silent bucket.
+    #[serde(default)]
+    pub download: DownloadPolicy,
     #[serde(default = "default_channel")]
     pub channel: String,
     #[serde(default)]
@@ -70,6 +73,33 @@ pub struct AppConfig {
     pub health: HealthPolicy,
     #[serde(default)]
     pub hooks: HooksConfig,
+}
+
+/// Downloads: a connection silent for `stall`, or slower than `min_rate` over a `stall` window, is dropped and
+/// the download resumed (with exponential backoff, at most `attempts` times); the whole download ends at
+/// `deadline`. A trickling server can hold a download no longer than that.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadPolicy {
+    #[serde(default = "default_stall", deserialize_with = "duration")]
+    pub stall: Duration,
+    #[serde(default = "default_min_rate", deserialize_with = "size")]
+    pub min_rate: u64,
+    #[serde(default = "default_download_deadline", deserialize_with = "duration")]
+    pub deadline: Duration,
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+}
+
+impl Default for DownloadPolicy {
+    fn default() -> Self {
+        DownloadPolicy {
+            stall: default_stall(),
+            min_rate: default_min_rate(),
+            deadline: default_download_deadline(),
+            attempts: default_attempts(),
+        }
+    }
 }
 
 /// Limits applied to every archive of an app.
@@ -185,6 +215,18 @@ impl Default for HooksConfig {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/switchback")
+}
+fn default_stall() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_min_rate() -> u64 {
+    16 << 10
+}
+fn default_download_deadline() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_attempts() -> u32 {
+    5
 }
 fn default_poll() -> Duration {
     Duration::from_secs(30)
@@ -333,6 +375,10 @@ impl Config {
                 if scheme == Some("http") && !app.allow_http {
                     return Err(format!("{}: plain http:// needs `allow_http = true`", key("source")));
                 }
+            }
+            let d = &app.download;
+            if d.stall.is_zero() || d.deadline.is_zero() || d.attempts == 0 {
+                return Err(format!("{}: stall, deadline and attempts must be greater than zero", key("download")));
             }
             if let Some(inbox) = &app.inbox {
                 if !inbox.is_absolute() {

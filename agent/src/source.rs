@@ -22,23 +22,22 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig};
 use sha2::{Digest, Sha256};
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, DownloadPolicy};
 use crate::error::Error;
 
 /// Largest manifest or signature we read: they are a few hundred bytes.
 const MAX_SMALL: u64 = 64 << 10;
-/// A download that delivers nothing for this long is dropped (and resumed).
-const STALL: Duration = Duration::from_secs(30);
 /// A small request (manifest, signature) that takes longer than this has failed.
 const SMALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// Attempts per download before giving up until the next poll.
-const ATTEMPTS: u32 = 5;
+/// `publish` reading an object: no data for this long fails it.
+const STALL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Source {
     url: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
+    policy: DownloadPolicy,
 }
 
 /// Per-source connection settings (from the app's config, or `publish`'s flags).
@@ -47,11 +46,17 @@ pub struct Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub allow_http: bool,
+    pub download: DownloadPolicy,
 }
 
 impl Options {
     pub fn of(cfg: &AppConfig) -> Options {
-        Options { endpoint: cfg.endpoint.clone(), region: cfg.region.clone(), allow_http: cfg.allow_http }
+        Options {
+            endpoint: cfg.endpoint.clone(),
+            region: cfg.region.clone(),
+            allow_http: cfg.allow_http,
+            download: cfg.download.clone(),
+        }
     }
 }
 
@@ -127,7 +132,7 @@ impl Source {
             other => return Err(err(format!("unsupported scheme {other:?}"))),
         };
         let store = built.map_err(|e| err(format!("{e}")))?;
-        Ok(Source { url: url.trim_end_matches('/').to_owned(), store, prefix })
+        Ok(Source { url: url.trim_end_matches('/').to_owned(), store, prefix, policy: opts.download.clone() })
     }
 
     fn key(&self, rel: &str) -> ObjPath {
@@ -182,28 +187,40 @@ impl Source {
             }
             let _ = std::fs::remove_file(&done);
         }
-        let mut backoff = Duration::from_secs(1);
-        let mut attempt = 1;
-        loop {
-            match self.download_once(rel, &part, sha256, size).await {
-                Ok(()) => break,
-                Err(Attempt::Final(e)) => {
-                    let _ = std::fs::remove_file(&part);
-                    return Err(e);
-                }
-                Err(Attempt::Again(e)) if attempt >= ATTEMPTS || crate::progress::shutting_down() => return Err(e),
-                Err(Attempt::Again(e)) => {
-                    tracing::warn!(
-                        "download of {} failed (attempt {attempt} of {ATTEMPTS}): {e:#}; retrying in {}s",
-                        self.describe(rel),
-                        backoff.as_secs()
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                    attempt += 1;
+        let p = &self.policy;
+        let attempts = async {
+            let mut backoff = Duration::from_secs(1);
+            let mut attempt = 1;
+            loop {
+                match self.download_once(rel, &part, sha256, size).await {
+                    Ok(()) => return Ok(()),
+                    Err(Attempt::Final(e)) => {
+                        let _ = std::fs::remove_file(&part);
+                        return Err(e);
+                    }
+                    Err(Attempt::Again(e)) if attempt >= p.attempts || crate::progress::shutting_down() => {
+                        return Err(e)
+                    }
+                    Err(Attempt::Again(e)) => {
+                        tracing::warn!(
+                            "download of {} failed (attempt {attempt} of {}): {e}; retrying in {}s",
+                            self.describe(rel),
+                            p.attempts,
+                            backoff.as_secs()
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        attempt += 1;
+                    }
                 }
             }
-        }
+        };
+        tokio::time::timeout(p.deadline, attempts).await.unwrap_or_else(|_| {
+            Err(self.error(
+                rel,
+                format!("not downloaded within the deadline of {}", humantime::format_duration(p.deadline)),
+            ))
+        })?;
         std::fs::rename(&part, &done).map_err(|e| self.error(rel, format!("renaming {}: {e}", part.display())))?;
         Ok(done)
     }
@@ -228,7 +245,8 @@ impl Source {
         if have < size || size == 0 {
             let range = (have > 0).then_some(GetRange::Offset(have));
             let opts = GetOptions { range, ..Default::default() };
-            let result = tokio::time::timeout(STALL, self.store.get_opts(&self.key(rel), opts))
+            let stall = self.policy.stall;
+            let result = tokio::time::timeout(stall, self.store.get_opts(&self.key(rel), opts))
                 .await
                 .map_err(|_| again(self.error(rel, "no answer")))?;
             let result = match result {
@@ -250,10 +268,13 @@ impl Source {
             }
             file.seek(std::io::SeekFrom::Start(have)).map_err(|e| io("seeking", e))?;
             let mut stream = result.into_stream();
+            // Throughput is judged over windows of `stall`: fewer than min_rate × stall bytes in one is too slow.
+            let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
+            let window_min = self.policy.min_rate.saturating_mul(stall.as_secs().max(1));
             loop {
-                let next = tokio::time::timeout(STALL, stream.next())
-                    .await
-                    .map_err(|_| again(self.error(rel, format!("no data for {}s", STALL.as_secs()))))?;
+                let next = tokio::time::timeout(stall, stream.next()).await.map_err(|_| {
+                    again(self.error(rel, format!("no data for {}", humantime::format_duration(stall))))
+                })?;
                 let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| again(self.error(rel, e)))?;
                 if have + chunk.len() as u64 > size {
@@ -265,6 +286,20 @@ impl Source {
                 file.write_all(&chunk).map_err(|e| io("writing", e))?;
                 hasher.update(&chunk);
                 have += chunk.len() as u64;
+                window_bytes += chunk.len() as u64;
+                if window_start.elapsed() >= stall {
+                    if window_bytes < window_min {
+                        return Err(again(self.error(
+                            rel,
+                            format!(
+                                "too slow: {window_bytes} bytes in {}, below the minimum of {}/s",
+                                humantime::format_duration(stall),
+                                bytesize::ByteSize(self.policy.min_rate).display().iec()
+                            ),
+                        )));
+                    }
+                    (window_start, window_bytes) = (tokio::time::Instant::now(), 0);
+                }
                 crate::progress::beat();
                 if crate::progress::shutting_down() {
                     return Err(again(self.error(rel, "stopped: the agent is shutting down")));

@@ -1,6 +1,7 @@
 //! End-to-end tests: each drives the real `switchback` binary on its own temporary host tree.
 
 mod bucket;
+mod bucket_faults;
 mod harness;
 
 mod cli;

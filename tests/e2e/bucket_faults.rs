@@ -1,0 +1,392 @@
+//! Bucket faults: the daemon against a small HTTP source that misbehaves on purpose (server errors, a trickling
+//! body, a body larger than the manifest says, an endless body) and against clocks far off. In every case
+//! nothing unverified or partial is activated, the error is clear, and the daemon stays alive.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon};
+use crate::harness::{Host, Service};
+
+const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"2s\"";
+const LIVE: Duration = Duration::from_secs(30);
+
+/// How the server answers requests for artifacts (`*.tar.zst`); manifests are affected only by `Errors`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Every request answers 503.
+    Errors,
+    /// Artifacts are sent at this many bytes per second.
+    Trickle(u32),
+    /// Artifacts carry this many extra bytes (and say so in Content-Length).
+    Oversize(usize),
+    /// Artifacts never end (chunked, no length).
+    Endless,
+}
+
+/// Serves the files under `root` over HTTP/1.1 (one request per connection), with ETag/If-None-Match and Range.
+struct FaultyServer {
+    port: u16,
+    fault: Arc<Mutex<Fault>>,
+    artifact_requests: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultyServer {
+    fn start(root: PathBuf) -> FaultyServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let artifact_requests = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, n, s) = (fault.clone(), artifact_requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (root, f, n, s) = (root.clone(), f.clone(), n.clone(), s.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(conn, &root, &f, &n, &s);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        FaultyServer { port, fault, artifact_requests, stop }
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
+    }
+}
+
+impl Drop for FaultyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(conn: TcpStream, root: &Path, fault: &Mutex<Fault>, n: &AtomicU32, stop: &AtomicBool) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        headers.push(line.trim().to_ascii_lowercase());
+    }
+    let header = |name: &str| headers.iter().find_map(|h| h.strip_prefix(name).map(|v| v.trim().to_owned()));
+    let mut out = conn;
+    let path = first.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let fault = *fault.lock().unwrap();
+    let artifact = path.ends_with(".tar.zst");
+    if artifact {
+        n.fetch_add(1, Ordering::SeqCst);
+    }
+    if fault == Fault::Errors {
+        return write!(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+    let Ok(body) = std::fs::read(root.join(path.trim_start_matches('/'))) else {
+        return write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    let etag =
+        format!("\"{:x}-{}\"", body.iter().fold(0u64, |h, &b| h.wrapping_mul(31).wrapping_add(b as u64)), body.len());
+    if header("if-none-match:").is_some_and(|t| t == etag) {
+        return write!(out, "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nConnection: close\r\n\r\n");
+    }
+    let lm = "Last-Modified: Sun, 29 Nov 2026 00:00:00 GMT";
+    match (artifact, fault) {
+        (true, Fault::Endless) => {
+            write!(out, "HTTP/1.1 200 OK\r\n{lm}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![b'x'; 16 << 10];
+            while !stop.load(Ordering::Relaxed) {
+                write!(out, "{:x}\r\n", chunk.len())?;
+                out.write_all(&chunk)?;
+                out.write_all(b"\r\n")?;
+            }
+            Ok(())
+        }
+        (true, Fault::Oversize(extra)) => {
+            let mut b = body.clone();
+            b.extend(std::iter::repeat_n(0u8, extra));
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\n{lm}\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b.len()
+            )?;
+            out.write_all(&b)
+        }
+        _ => {
+            let start = header("range:")
+                .and_then(|r| r.strip_prefix("bytes=").and_then(|r| r.split('-').next()?.parse::<usize>().ok()))
+                .filter(|&s| s < body.len());
+            let (status, slice) = match start {
+                Some(s) => (
+                    format!("206 Partial Content\r\nContent-Range: bytes {s}-{}/{}", body.len() - 1, body.len()),
+                    &body[s..],
+                ),
+                None => ("200 OK".to_owned(), &body[..]),
+            };
+            write!(
+                out,
+                "HTTP/1.1 {status}\r\n{lm}\r\nETag: {etag}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                slice.len()
+            )?;
+            match (artifact, fault) {
+                (true, Fault::Trickle(rate)) => {
+                    for piece in slice.chunks((rate as usize / 10).max(1)) {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        out.write_all(piece)?;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Ok(())
+                }
+                _ => out.write_all(slice),
+            }
+        }
+    }
+}
+
+/// A host whose app follows `http://127.0.0.1:PORT/bucket/web`, served by a faulty server from the host's
+/// `bucket` directory (where `publish --to file://...` writes).
+struct FaultyHost {
+    host: Host,
+    _svc: Service,
+    server: FaultyServer,
+    key: PathBuf,
+    base: String,
+}
+
+impl FaultyHost {
+    fn new(download: &str) -> FaultyHost {
+        let (host, svc) = Service::host_with(
+            |_| {
+                format!(
+                    "source = \"http://127.0.0.1:PORT/bucket/web\"\nallow_http = true\ntrusted_keys = [\"PUBLIC_KEY\"]\ndownload = {{ {download} }}\n"
+                )
+            },
+            HEALTH,
+            "",
+        );
+        let server = FaultyServer::start(host.path().to_owned());
+        let (key, pk) = keygen(&host, "ci");
+        let cfg = std::fs::read_to_string(&host.config)
+            .unwrap()
+            .replace("PUBLIC_KEY", &pk)
+            .replace("PORT", &server.port.to_string());
+        std::fs::write(&host.config, cfg).unwrap();
+        let base = format!("file://{}/bucket", host.path().display());
+        FaultyHost { host, _svc: svc, server, key, base }
+    }
+
+    fn publish(&self, version: &str, extra_files: &[(&str, &[u8])]) {
+        let dir = release_dir(&self.host, version, 200);
+        for (name, data) in extra_files {
+            std::fs::write(dir.join(name), data).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        publish(
+            &self.host,
+            &[],
+            &[
+                "--to",
+                &self.base,
+                "--app",
+                "web",
+                "--channel",
+                "production",
+                "--version",
+                version,
+                "--key",
+                self.key.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+        )
+        .expect(0);
+    }
+
+    fn last_poll(&self) -> String {
+        self.host.run(&["status", "web", "--json"]).json()["apps"][0]["daemon"]["last_poll"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Nothing of `version` reached the releases, and `current` is still `on`.
+    #[track_caller]
+    fn unchanged(&self, version: &str, on: &str) {
+        assert_eq!(self.host.current().as_deref(), Some(on));
+        assert!(!self.host.release_dirs().contains(&version.to_owned()), "{version} reached the disk");
+        let leftovers: Vec<String> = std::fs::read_dir(self.host.root().join("releases"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "staging left over: {leftovers:?}");
+    }
+
+    fn part_sizes(&self) -> Vec<u64> {
+        std::fs::read_dir(self.host.state_dir().join("downloads"))
+            .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    (0..n).map(|_| fastrand::u8(..)).collect()
+}
+
+#[test]
+fn server_errors_change_nothing_and_the_daemon_resumes_when_the_bucket_heals() {
+    let f = FaultyHost::new("stall = \"2s\", attempts = 2");
+    let mut d = Daemon::start(&f.host, &[]);
+    f.publish("1.0.0", &[]);
+    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    f.server.set(Fault::Errors);
+    f.publish("2.0.0", &[]);
+    wait_for("a failed poll", LIVE, || f.last_poll().contains("poll failed"));
+    assert!(f.last_poll().contains("503"), "the error does not say what the server answered: {}", f.last_poll());
+    std::thread::sleep(Duration::from_secs(2));
+    f.unchanged("2.0.0", "1.0.0");
+    assert!(d.alive());
+    f.server.set(Fault::None);
+    wait_for("2.0.0 after the bucket healed", LIVE, || f.host.current().as_deref() == Some("2.0.0"));
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_trickling_download_is_dropped_and_resumed_later_without_activating_partial_bytes() {
+    let f = FaultyHost::new("stall = \"1s\", min_rate = \"4KiB\", attempts = 2, deadline = \"20s\"");
+    let mut d = Daemon::start(&f.host, &[]);
+    f.publish("1.0.0", &[]);
+    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    f.server.set(Fault::Trickle(200));
+    f.publish("2.0.0", &[("blob.bin", &noise(256 << 10))]);
+    wait_for("the slow download to be dropped", LIVE, || d.log().contains("too slow"));
+    wait_for("the download to be given up", LIVE, || d.log().contains("cannot fetch 2.0.0"));
+    f.unchanged("2.0.0", "1.0.0");
+    assert!(d.alive());
+    // The partial bytes wait in downloads/ for a resume; nothing of them is anywhere else.
+    let parts = f.part_sizes();
+    assert!(parts.iter().all(|&n| n < 256 << 10), "{parts:?}");
+    f.server.set(Fault::None);
+    wait_for("2.0.0 once the server is fast again", LIVE, || f.host.current().as_deref() == Some("2.0.0"));
+    wait_for("the download to be removed after the deploy", LIVE, || f.part_sizes().is_empty());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_body_larger_than_the_manifest_says_is_refused_and_not_fetched_again() {
+    let f = FaultyHost::new("stall = \"2s\"");
+    let mut d = Daemon::start(&f.host, &[]);
+    f.publish("1.0.0", &[]);
+    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    f.server.set(Fault::Oversize(4096));
+    f.publish("2.0.0", &[]);
+    wait_for("the refusal", LIVE, || d.log().contains("the manifest says"));
+    let fetches = f.server.artifact_requests.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.server.artifact_requests.load(Ordering::SeqCst), fetches, "the refused artifact is fetched again");
+    f.unchanged("2.0.0", "1.0.0");
+    assert!(d.alive());
+    assert_eq!(d.stop(), 0);
+}
+
+/// The object store client itself refuses a body without a length; the agent's own cap (never more than the
+/// manifest's size) is the second line of defence.
+#[test]
+fn an_endless_body_never_fills_the_disk_and_changes_nothing() {
+    let f = FaultyHost::new("stall = \"2s\", attempts = 2, deadline = \"15s\"");
+    let mut d = Daemon::start(&f.host, &[]);
+    f.publish("1.0.0", &[]);
+    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    f.server.set(Fault::Endless);
+    f.publish("2.0.0", &[]);
+    let start = Instant::now();
+    wait_for("the endless body to be refused", LIVE, || d.log().contains("cannot fetch 2.0.0"));
+    let log = d.log();
+    let why = log.lines().find(|l| l.contains("cannot fetch 2.0.0")).unwrap_or("").to_owned();
+    eprintln!("endless body refused after {:?}: {why}", start.elapsed());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.host.path().join("bucket/web/channels/production.json")).unwrap())
+            .unwrap();
+    let size = manifest["size"].as_u64().unwrap();
+    assert!(f.part_sizes().iter().all(|&n| n <= size), "a download outgrew the manifest's size: {:?}", f.part_sizes());
+    f.unchanged("2.0.0", "1.0.0");
+    assert!(d.alive());
+    assert_eq!(d.stop(), 0);
+}
+
+/// `faketime` (libfaketime) shifts the clock of one process.
+fn faketime(offset: &str) -> Vec<(String, String)> {
+    let lib =
+        ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("libfaketime is installed by tests/run");
+    vec![
+        ("LD_PRELOAD".to_owned(), lib.to_owned()),
+        ("FAKETIME".to_owned(), offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+    ]
+}
+
+#[test]
+fn clocks_far_off_refuse_or_order_manifests_safely() {
+    // A host whose clock runs ten years ahead sees every manifest as expired: refused, logged, nothing changes.
+    let f = FaultyHost::new("stall = \"2s\"");
+    f.publish("1.0.0", &[]);
+    let mut d = Daemon::start(&f.host, &faketime("+3650d"));
+    wait_for("the refusal of an expired manifest", LIVE, || d.log().contains("expired at"));
+    assert_eq!(f.host.current(), None);
+    assert!(d.alive());
+    assert_eq!(d.stop(), 0);
+
+    // A publisher whose clock runs ten years ahead pushes the sequence up; later publishes with a right clock
+    // still go above it, so nothing is mistaken for a replay.
+    let mut d = Daemon::start(&f.host, &[]);
+    let dir = release_dir(&f.host, "2.0.0", 200);
+    let env = faketime("+3650d");
+    let out = publish(
+        &f.host,
+        &env,
+        &[
+            "--to",
+            &f.base,
+            "--app",
+            "web",
+            "--channel",
+            "production",
+            "--version",
+            "2.0.0",
+            "--key",
+            f.key.to_str().unwrap(),
+            "--expires-in",
+            "3660d",
+            "--json",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let future_seq = out.expect(0).json()["sequence"].as_u64().unwrap();
+    wait_for("2.0.0", LIVE, || f.host.current().as_deref() == Some("2.0.0"));
+    f.publish("3.0.0", &[]);
+    wait_for("3.0.0", LIVE, || f.host.current().as_deref() == Some("3.0.0"));
+    let seq = f.host.run(&["status", "web", "--json"]).json()["apps"][0]["channel"]["sequence"].as_u64().unwrap();
+    assert_eq!(seq, future_seq + 1);
+    assert_eq!(d.stop(), 0);
+}
