@@ -95,12 +95,20 @@ async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
         let app = App::from_config(&config, name)?;
         handles.insert(name.clone(), spawn(app, config.agent.poll_interval, stop_rx.clone(), ready_tx.clone()));
     }
-    // READY=1 once every app has been reconciled (each worker's first step).
-    for _ in 0..handles.len() {
+    // READY=1 once every app has been reconciled (each worker's first step). Reconciling may restart and verify
+    // a release, which can outlast systemd's start timeout: extend it while the work shows signs of life.
+    let mut pending = handles.len();
+    let mut extend = tokio::time::interval(Duration::from_secs(5));
+    while pending > 0 {
         tokio::select! {
-            _ = ready_rx.recv() => {}
+            _ = ready_rx.recv() => pending -= 1,
             _ = term.recv() => return shutdown(handles, stop_tx).await,
             _ = int.recv() => return shutdown(handles, stop_tx).await,
+            _ = extend.tick() => {
+                if !handles.values().any(|h| h.worker.stalled(STOP_STALL)) {
+                    notify(&[NotifyState::ExtendTimeoutUsec(30_000_000)]);
+                }
+            }
         }
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&handles))]);
@@ -185,7 +193,10 @@ fn reload(
     stop_rx: &watch::Receiver<bool>,
     ready_tx: &mpsc::Sender<()>,
 ) {
-    notify(&[NotifyState::Reloading]);
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
     match Config::load(path) {
         Err(e) => {
             tracing::error!("configuration not reloaded, keeping the old one: {e}");

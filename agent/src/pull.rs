@@ -161,10 +161,12 @@ pub fn deploy_version(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (path, sha) = rt.block_on(async {
         let src = Source::open(&url, &crate::source::Options::of(&app.cfg))?;
-        match poll_channel(app, &src, &mut None).await? {
-            Polled::Refused { reason } => eprintln!("{}: the channel's manifest was refused: {reason}", app.name),
-            Polled::Missing => eprintln!("{}: no manifest is published for channel {}", app.name, app.cfg.channel),
-            _ => {}
+        match poll_channel(app, &src, &mut None).await {
+            Ok(Polled::Refused { reason }) => eprintln!("{}: the channel's manifest was refused: {reason}", app.name),
+            Ok(Polled::Missing) => eprintln!("{}: no manifest is published for channel {}", app.name, app.cfg.channel),
+            Ok(_) => {}
+            // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
+            Err(e) => eprintln!("{}: could not refresh the channel's manifest: {e}", app.name),
         }
         let state = app.load_state()?;
         match state.channel {

@@ -265,3 +265,18 @@ fn the_packaged_example_config_is_valid() {
     std::fs::write(&h.config, text.replace("owner = \"www-data\"", "owner = \"root\"")).unwrap();
     h.run(&["config", "check"]).expect(0);
 }
+
+/// `systemd-analyze verify` accepts the agent's unit (with ExecStart pointing at the built binary: verify checks
+/// that it exists). It exits 0 on mere warnings, so any output on stderr fails the test too.
+#[test]
+fn the_agent_unit_file_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/switchback.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/switchback daemon\n"), "the unit runs the daemon");
+    assert!(unit.contains("Type=notify\n") && unit.contains("WatchdogSec="), "the unit uses notify and the watchdog");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("switchback.service");
+    std::fs::write(&copy, unit.replace("/usr/bin/switchback", BIN)).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
