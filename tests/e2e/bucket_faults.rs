@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon};
 use crate::harness::{Host, Service};
 
-const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"2s\"";
+const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
 const LIVE: Duration = Duration::from_secs(30);
 
 /// How the server answers requests for artifacts (`*.tar.zst`); manifests are affected only by `Errors`.
@@ -164,8 +164,9 @@ fn serve(conn: TcpStream, root: &Path, fault: &Mutex<Fault>, n: &AtomicU32, stop
 /// A host whose app follows `http://127.0.0.1:PORT/bucket/web`, served by a faulty server from the host's
 /// `bucket` directory (where `publish --to file://...` writes).
 struct FaultyHost {
-    host: Host,
+    // Fields drop in this order: the service first (its pidfile lives in the host's directory).
     _svc: Service,
+    host: Host,
     server: FaultyServer,
     key: PathBuf,
     base: String,

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon, Garage, Proxy};
 use crate::harness::{Host, Service};
 
-const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"2s\"";
+const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
 const LIVE: Duration = Duration::from_secs(30);
 
 /// A host whose app `web` follows channel `production` of a Garage bucket, through a proxy.
 struct S3Host {
+    // Fields drop in this order: the service first (its pidfile lives in the host's directory).
+    svc: Service,
     garage: Garage,
     proxy: Proxy,
     host: Host,
-    svc: Service,
     key: PathBuf,
     env: Vec<(String, String)>,
 }
@@ -508,7 +509,7 @@ fn a_manual_rollback_cancels_the_daemons_deploy_promptly() {
     // From now on a deploy bakes for a minute.
     let cfg = std::fs::read_to_string(&host.config)
         .unwrap()
-        .replace("deadline = \"2s\"", "deadline = \"2s\"\nbake = \"60s\"");
+        .replace("deadline = \"5s\"", "deadline = \"5s\"\nbake = \"60s\"");
     std::fs::write(&host.config, cfg).unwrap();
     let mut d = Daemon::start(&host, &[]);
     file_publish(&host, &key, &base, "2.0.0", 200, &[]);
