@@ -179,7 +179,7 @@ async fn shutdown(handles: BTreeMap<String, Handle>, stop_tx: watch::Sender<bool
 }
 
 /// At shutdown, a step silent for this long is given up on.
-const STOP_STALL: Duration = Duration::from_secs(30);
+const STOP_STALL: Duration = Duration::from_secs(10);
 
 impl Handle {
     fn worker_info_path(&self) -> PathBuf {

@@ -9,3 +9,4 @@ mod crash;
 mod daemon;
 mod health;
 mod hostile;
+mod nspawn;
