@@ -25,14 +25,34 @@ pub fn go_live(
     tl: &mut Timeline,
     ev: &mut Event,
 ) -> anyhow::Result<Result<String, String>> {
+    // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
+    let point = |deploy: &'static str, rollback: &'static str| if op == Op::Deploy { deploy } else { rollback };
     state.begin(op, target, previous.cloned(), Step::Switching);
     app.save_state(state)?;
-    crashpoint::hit("before-switch");
+    crashpoint::hit(point("before-switch", "rollback-before-switch"));
     tl.step("switch", || app.store.switch(target).map(|()| ((), Some(format!("current -> releases/{target}")))))?;
-    crashpoint::hit("after-switch");
+    crashpoint::hit(point("after-switch", "rollback-after-switch"));
     state.step(Step::Checking);
-    app.save_state(state)?;
-    crashpoint::hit("after-state-write");
+    if let Err(e) = app.save_state(state) {
+        // The journal cannot record that `target` is live (a full or failing state disk). Nothing was restarted
+        // yet, so a deploy goes back to where it was: the command then fails with nothing changed, as its exit code
+        // says, and the journal's last word (switching, not live) makes the next command clear it. Without this,
+        // exit 1 ("nothing changed") left `current` on the new release while the service ran the old one. A
+        // rollback stays where it is: its journal says to finish it.
+        if let (Op::Deploy, Some(prev)) = (op, previous) {
+            match app.store.switch(prev) {
+                Ok(()) => {
+                    return Err(e.context(format!(
+                        "cannot journal the switch to {target}, so `current` was switched back to {prev} (nothing was \
+                         restarted)"
+                    )))
+                }
+                Err(back) => tracing::error!("{}: cannot switch back to {prev}: {back:#}", app.name),
+            }
+        }
+        return Err(e);
+    }
+    crashpoint::hit(point("after-state-write", "rollback-after-state-write"));
 
     let release_dir = app.store.release_dir(target);
     let (v, prev) = (target.as_str(), previous.map(Version::as_str));
@@ -45,7 +65,7 @@ pub fn go_live(
         Ok(r) => r,
         Err(reason) => return Ok(Err(reason)),
     };
-    crashpoint::hit("after-restart");
+    crashpoint::hit(point("after-restart", "rollback-after-restart"));
     if op == Op::Deploy {
         if let Err(reason) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
             return Ok(Err(reason));
@@ -97,6 +117,7 @@ pub fn fall_back(
         Ok(_) => {
             state.commit(&target);
             app.save_state(state)?;
+            crashpoint::hit("rollback-after-commit");
             after_rollback(app, &target, failed, ev);
             Ok(Error::RolledBack {
                 app: app.name.clone(),

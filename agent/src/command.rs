@@ -18,6 +18,17 @@ pub struct Finished {
 /// Runs `argv` in `cwd` with extra `env`, waiting at most `timeout`. A relative program path with a slash is
 /// taken relative to `cwd`.
 pub fn run(argv: &[String], cwd: &Path, env: &[(String, String)], timeout: Duration) -> anyhow::Result<Finished> {
+    run_at(argv, cwd, env, timeout, None)
+}
+
+/// Like [`run`]; `point` names the crash point reached once the command is running (see [`crate::crashpoint`]).
+pub fn run_at(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    point: Option<&str>,
+) -> anyhow::Result<Finished> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
     let program =
         if argv[0].contains('/') && !argv[0].starts_with('/') { cwd.join(&argv[0]) } else { argv[0].clone().into() };
@@ -37,6 +48,9 @@ pub fn run(argv: &[String], cwd: &Path, env: &[(String, String)], timeout: Durat
         .process_group(0)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
+    if let Some(point) = point {
+        crate::crashpoint::hit(point);
+    }
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break Some(status);

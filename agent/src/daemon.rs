@@ -417,11 +417,16 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     let on_disk = app.store.on_disk().unwrap_or_default();
     let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
     let archive = if have {
+        // An artifact left from a deploy a shutdown interrupted is not needed any more.
+        let _ = std::fs::remove_file(pull::downloads_dir(app).join(format!("{}.tar.zst", want.sha256)));
         None
     } else {
         worker.set_activity(format!("on {current}; downloading {v}"));
         match pull::fetch_artifact(app, src, &want).await {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                crate::crashpoint::hit("after-download");
+                Some(p)
+            }
             Err(e) => {
                 tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
                 if matches!(e, Error::ArtifactMismatch { .. }) {
@@ -456,10 +461,12 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         }
     }
     worker.clear_cancel();
+    // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
+    // the release was on disk); a release on disk never needs its artifact again.
     if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(app))) {
-        let keep = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
-            || progress::shutting_down();
-        if !keep {
+        let unused = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
+            || (progress::shutting_down() && !app.store.on_disk().unwrap_or_default().contains(&v));
+        if !unused {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -198,7 +198,7 @@ fn stage_release(
                 &app.cfg.limits,
                 app.owner(),
             )
-            .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source })
+            .map_err(|source| unpack_failed(archive, &staging, source))
             .map(|r| {
                 let d = format!(
                     "{} files, {} dirs, {} links, {}",
@@ -211,9 +211,11 @@ fn stage_release(
             })
         })?;
         crashpoint::hit("after-unpack");
+        // The shared links are part of the release: made before the sync, so that they are as durable as the
+        // unpacked files when the rename publishes the release (they used to be made after it).
+        staging.link_shared(&app.store, &app.cfg.shared)?;
         tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
         crashpoint::hit("after-staging-durable");
-        staging.link_shared(&app.store, &app.cfg.shared)?;
         staging.commit(&app.store, v)?;
         crashpoint::hit("after-release-rename");
         tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
@@ -227,6 +229,21 @@ fn stage_release(
     }
     state.step(Step::Released);
     app.save_state(state)
+}
+
+/// An unpack that failed. A full disk (or quota) is not the archive's fault: it is reported as what it is, naming
+/// where, and not as a refused archive (the daemon never fetches a refused artifact again until the channel moves
+/// on, which would keep the app from the release after the space is freed).
+fn unpack_failed(archive: &Path, staging: &crate::store::Staging, source: unpack::UnpackError) -> anyhow::Error {
+    let full = matches!(source.reason, unpack::Refusal::Write)
+        && source.source.as_ref().and_then(std::io::Error::raw_os_error).is_some_and(|e| {
+            e == rustix::io::Errno::NOSPC.raw_os_error() || e == rustix::io::Errno::DQUOT.raw_os_error()
+        });
+    if full {
+        let where_ = staging.path().display().to_string();
+        return anyhow::Error::new(source).context(format!("unpacking {} into {where_}", archive.display()));
+    }
+    Error::ArchiveRefused { archive: archive.to_owned(), source }.into()
 }
 
 /// Refuses early when the filesystem cannot hold the release plus the configured reserve. The unpacked size is

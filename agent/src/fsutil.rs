@@ -28,17 +28,31 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Appends one line and syncs it; the line is written with a single `write` on an `O_APPEND` descriptor.
+///
+/// A torn last line (power loss mid-append, or a write cut short by a full disk) must not swallow the next one:
+/// a failed write is cut back off, and a file that still does not end with a newline gets one first, so the torn
+/// fragment stays a line of its own (skipped when reading) instead of gluing onto this event and losing it too.
 pub fn append_line(path: &Path, line: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o640)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let mut buf = Vec::with_capacity(line.len() + 1);
+    let len = f.metadata().with_context(|| format!("inspecting {}", path.display()))?.len();
+    let mut buf = Vec::with_capacity(line.len() + 2);
+    let mut last = [0u8; 1];
+    if len > 0 && f.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n' {
+        buf.push(b'\n');
+    }
     buf.extend_from_slice(line);
     buf.push(b'\n');
-    f.write_all(&buf).with_context(|| format!("appending to {}", path.display()))?;
+    if let Err(e) = f.write_all(&buf) {
+        let _ = f.set_len(len);
+        return Err(e).with_context(|| format!("appending to {}", path.display()));
+    }
     f.sync_data().with_context(|| format!("syncing {}", path.display()))
 }
 

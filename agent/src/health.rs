@@ -160,6 +160,7 @@ pub fn verify(
                 last_failure = e;
             }
         }
+        crate::crashpoint::hit("during-checks");
         if Instant::now() + policy.interval > deadline {
             return Ok(Err(format!(
                 "not healthy within {} ({} consecutive passes needed); last failure: {last_failure}",
@@ -174,6 +175,7 @@ pub fn verify(
     let healthy_at = start.elapsed();
     let bake_end = Instant::now() + policy.bake;
     while Instant::now() < bake_end {
+        crate::crashpoint::hit("during-bake");
         progress::set_activity(format!(
             "deploying {version} (baking, {} left)",
             fmt_secs(bake_end.saturating_duration_since(Instant::now()))

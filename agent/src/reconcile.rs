@@ -52,7 +52,9 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
                 ev.version = Some(f.version.to_string());
                 ev.previous = f.previous.as_ref().map(ToString::to_string);
                 tl.note(&format!("recovering: {}", notes.last().map(String::as_str).unwrap_or("")));
-                match activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev)? {
+                let verdict = activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev)?;
+                crate::crashpoint::hit("reconcile-mid-recovery");
+                match verdict {
                     Ok(health) => {
                         state.commit(&f.version);
                         notes.push(format!("{} is healthy ({health})", f.version));
@@ -78,9 +80,9 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
         ));
         state.current = actual;
     }
-    if state != before {
-        app.save_state(&state)?;
-    }
+    // History first, then the state: the interrupted command never wrote its own event, so once the state no
+    // longer says what was interrupted, this event is the only trace of it. A crash in between repeats the
+    // recovery (and its event) at the next command instead of losing it.
     if !notes.is_empty() {
         ev.outcome = if failure.is_some() { "failed".into() } else { "recovered".into() };
         ev.reason = Some(notes.join("; "));
@@ -88,6 +90,10 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
         tl.note(&format!("reconciled {}: {}", app.name, notes.join("; ")));
         tracing::warn!("{}: reconciled: {}", app.name, notes.join("; "));
         app.record(&ev)?;
+        crate::crashpoint::hit("reconcile-after-record");
+    }
+    if state != before {
+        app.save_state(&state)?;
     }
     Ok(state)
 }

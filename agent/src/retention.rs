@@ -41,6 +41,7 @@ fn remove(app: &App, state: &mut AppState, keep: usize) -> anyhow::Result<Vec<St
         app.store.remove_release(&v)?;
         state.releases.remove(&v);
         app.save_state(state)?;
+        crate::crashpoint::hit("prune-mid-remove");
         removed.push(v.to_string());
     }
     Ok(removed)

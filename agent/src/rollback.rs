@@ -99,6 +99,7 @@ pub fn rollback(
                 state.bad.remove(&target);
                 state.commit(&target);
                 app.save_state(&state)?;
+                crate::crashpoint::hit("rollback-after-commit");
                 activate::after_rollback(app, &target, &current, ev);
                 Ok(health)
             }

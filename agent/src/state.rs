@@ -122,7 +122,7 @@ impl AppState {
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).context("serializing state")?;
         bytes.push(b'\n');
-        fsutil::write_atomic(path, &bytes)
+        fsutil::write_atomic(path, &bytes).with_context(|| format!("saving {}", path.display()))
     }
 
     pub fn begin(&mut self, op: Op, version: &Version, previous: Option<Version>, step: Step) {

@@ -182,6 +182,7 @@ impl Store {
         std::fs::rename(&from, &trash)
             .with_context(|| format!("renaming {} to {}", from.display(), trash.display()))?;
         fsutil::fsync_dir(&self.releases_dir())?;
+        crate::crashpoint::hit("prune-after-trash-rename");
         remove_tree(&trash)
     }
 
@@ -211,6 +212,10 @@ pub struct Staging {
 }
 
 impl Staging {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }

@@ -302,6 +302,7 @@ impl Unpacker<'_> {
                     real_entries += 1;
                     let p = std::mem::take(&mut pending);
                     self.entry(&mut entry, kind, p)?;
+                    crate::crashpoint::hit("mid-unpack");
                 }
             }
         }

@@ -7,6 +7,7 @@ mod harness;
 mod cli;
 mod crash;
 mod daemon;
+mod faults;
 mod health;
 mod hostile;
 mod nspawn;
