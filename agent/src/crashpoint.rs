@@ -19,7 +19,8 @@
 //! - prune (explicit or after a deploy): `prune-after-trash-rename` (a release renamed to trash, not yet deleted),
 //!   `prune-mid-remove` (after each release removed and the state saved);
 //! - reconcile: `reconcile-mid-recovery` (a release re-verified, not yet committed), `reconcile-after-record`
-//!   (the recovery written to history, the state not yet saved).
+//!   (the recovery written to history, the state not yet saved);
+//! - daemon: `after-download` (the artifact verified in `downloads/`, the deploy not started).
 
 #[cfg(feature = "crash-points")]
 pub fn hit(name: &str) {
