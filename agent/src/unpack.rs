@@ -23,6 +23,8 @@ use crate::owner::Owner;
 /// Why an archive was refused. Messages are lowercase and say what was wrong with the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
+    #[error("a link target of {len} bytes is longer than the limit of {max}")]
+    LinkTargetTooLong { len: usize, max: usize },
     #[error("absolute paths are refused")]
     AbsolutePath,
     #[error("`..` components are refused")]
@@ -157,7 +159,7 @@ pub fn unpack_tar<R: Read>(
         tree: Tree::new(dir)?,
         limits,
         owner,
-        seen: HashMap::new(),
+        seen: PathMap::new(),
         symlinks: Vec::new(),
         report: Report::default(),
     };
@@ -231,6 +233,74 @@ enum Node {
 
 type Comps = Vec<Vec<u8>>;
 
+/// What the archive named so far, by path: a tree of components, so that memory grows with the bytes of the
+/// names (one copy of each component) and a lookup costs one step per component. (A map keyed by whole paths
+/// kept a full copy of every parent prefix: one 64-level path cost about 200 KiB, and a few thousand of them in a
+/// 10 KB archive took gigabytes.)
+#[derive(Default)]
+struct PathMap {
+    /// Index 0 is the release root (it never holds a node of its own).
+    slots: Vec<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    parent: u32,
+    name: Vec<u8>,
+    node: Option<Node>,
+    children: HashMap<Vec<u8>, u32>,
+}
+
+impl PathMap {
+    fn new() -> PathMap {
+        PathMap { slots: vec![Slot::default()] }
+    }
+
+    fn find(&self, comps: &[Vec<u8>]) -> Option<u32> {
+        comps.iter().try_fold(0u32, |at, c| self.slots[at as usize].children.get(c.as_slice()).copied())
+    }
+
+    fn get(&self, comps: &[Vec<u8>]) -> Option<&Node> {
+        self.find(comps).and_then(|i| self.slots[i as usize].node.as_ref())
+    }
+
+    /// Sets the node at `comps` (creating empty slots on the way); returns the node it replaced.
+    fn insert(&mut self, comps: &[Vec<u8>], node: Node) -> Option<Node> {
+        let mut at = 0u32;
+        for c in comps {
+            at = match self.slots[at as usize].children.get(c.as_slice()) {
+                Some(&i) => i,
+                None => {
+                    let i = self.slots.len() as u32;
+                    self.slots.push(Slot { parent: at, name: c.clone(), node: None, children: HashMap::new() });
+                    self.slots[at as usize].children.insert(c.clone(), i);
+                    i
+                }
+            };
+        }
+        self.slots[at as usize].node.replace(node)
+    }
+
+    /// Every directory with its path and mode.
+    fn dirs(&self) -> Vec<(Comps, Option<u32>)> {
+        let path = |mut i: u32| {
+            let mut comps = Vec::new();
+            while i != 0 {
+                comps.push(self.slots[i as usize].name.clone());
+                i = self.slots[i as usize].parent;
+            }
+            comps.reverse();
+            comps
+        };
+        (1..self.slots.len() as u32)
+            .filter_map(|i| match self.slots[i as usize].node {
+                Some(Node::Dir { mode }) => Some((path(i), mode)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// Extension records that describe the next real entry.
 #[derive(Default)]
 struct Pending {
@@ -252,7 +322,7 @@ struct Unpacker<'a> {
     tree: Tree<'a>,
     limits: &'a Limits,
     owner: Option<Owner>,
-    seen: HashMap<Comps, Node>,
+    seen: PathMap,
     symlinks: Vec<(Comps, Vec<u8>)>,
     report: Report,
 }
@@ -380,7 +450,7 @@ impl Unpacker<'_> {
         let (parent, name) = comps.split_at(comps.len() - 1);
         let name = &name[0];
         if is_dir {
-            let existed = self.seen.insert(comps.clone(), Node::Dir { mode: Some(mode) }).is_some();
+            let existed = self.seen.insert(&comps, Node::Dir { mode: Some(mode) }).is_some();
             if !existed {
                 self.report.dirs += 1;
                 self.tree.dir(&comps).map_err(|e| UnpackError::io(here, Refusal::Write, e))?;
@@ -390,7 +460,8 @@ impl Unpacker<'_> {
         match kind {
             EntryType::Symlink => {
                 let target = raw_link.unwrap_or_default();
-                self.seen.insert(comps.clone(), Node::Symlink { target: target.clone() });
+                check_link_target(&target, self.limits).map_err(|r| UnpackError::new(here, r))?;
+                self.seen.insert(&comps, Node::Symlink { target: target.clone() });
                 self.symlinks.push((comps, target));
                 self.report.symlinks += 1;
             }
@@ -413,7 +484,7 @@ impl Unpacker<'_> {
                 // No AT_SYMLINK_FOLLOW: the link is made to the entry itself, which we know is our regular file.
                 rustix::fs::linkat(&tdir, tname[0].as_slice(), ldir, name.as_slice(), AtFlags::empty())
                     .map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
-                self.seen.insert(comps, Node::File);
+                self.seen.insert(&comps, Node::File);
                 self.report.hardlinks += 1;
             }
             _ => {
@@ -438,7 +509,7 @@ impl Unpacker<'_> {
                     rustix::fs::fchown(&file, Some(o.uid), Some(o.gid))
                         .map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
                 }
-                self.seen.insert(comps, Node::File);
+                self.seen.insert(&comps, Node::File);
                 self.report.files += 1;
                 self.report.bytes += header_size;
             }
@@ -454,7 +525,7 @@ impl Unpacker<'_> {
                 Some(Node::Dir { .. }) => {}
                 Some(_) => return Err(Refusal::ThroughNonDirectory { through: display_bytes(&prefix.join(&b'/')) }),
                 None => {
-                    self.seen.insert(prefix.to_vec(), Node::Dir { mode: None });
+                    self.seen.insert(prefix, Node::Dir { mode: None });
                     self.report.dirs += 1;
                 }
             }
@@ -489,16 +560,9 @@ impl Unpacker<'_> {
             rustix::fs::fchown(self.tree.root, Some(o.uid), Some(o.gid))
                 .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
         }
-        let mut dirs: Vec<(&Comps, Option<u32>)> = self
-            .seen
-            .iter()
-            .filter_map(|(c, n)| match n {
-                Node::Dir { mode } => Some((c, *mode)),
-                _ => None,
-            })
-            .collect();
+        let mut dirs = self.seen.dirs();
         dirs.sort();
-        for (comps, mode) in dirs {
+        for (comps, mode) in &dirs {
             let here = comps.join(&b'/');
             let fd = self.tree.open_dir(comps).map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e))?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir_mode(mode.unwrap_or(0o755))))
@@ -551,16 +615,28 @@ fn normalize(raw: &[u8], limits: &Limits) -> Result<Comps, Refusal> {
     Ok(comps)
 }
 
+/// A symlink target the kernel would take, and short enough to resolve cheaply: no NUL, at most `max_path_len`
+/// bytes (and PATH_MAX), at most twice `max_depth` components (room for `..` up to the root and down again).
+fn check_link_target(target: &[u8], limits: &Limits) -> Result<(), Refusal> {
+    let max = limits.max_path_len.min(4095);
+    if target.len() > max {
+        return Err(Refusal::LinkTargetTooLong { len: target.len(), max });
+    }
+    if target.contains(&0) {
+        return Err(Refusal::NulInPath);
+    }
+    let depth = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").count();
+    if depth > limits.max_depth * 2 {
+        return Err(Refusal::TooDeep { depth, max: limits.max_depth * 2 });
+    }
+    Ok(())
+}
+
 /// Resolves a symlink's target as the kernel would, against the archive's own tree (following the archive's other
 /// symlinks), and refuses it if any step leaves the release. Returns the resolved path. Like the kernel, it
 /// follows at most 40 links in one resolution in total (`hops` counts them across the recursion), so a chain of
 /// links that each name the previous one twice costs 40 steps, not 2^n.
-fn resolve_inside(
-    seen: &HashMap<Comps, Node>,
-    link: &[Vec<u8>],
-    target: &[u8],
-    hops: &mut u32,
-) -> Result<Comps, Refusal> {
+fn resolve_inside(seen: &PathMap, link: &[Vec<u8>], target: &[u8], hops: &mut u32) -> Result<Comps, Refusal> {
     let shown = || display_bytes(target);
     if target.is_empty() {
         return Err(Refusal::SymlinkEmpty { target: shown() });
@@ -747,18 +823,17 @@ mod tests {
         assert!(matches!(normalize(deep.as_bytes(), &l), Err(Refusal::TooDeep { .. })));
     }
 
-    fn tree(entries: &[(&str, Node)]) -> HashMap<Comps, Node> {
-        entries
-            .iter()
-            .map(|(p, n)| {
-                let node = match n {
-                    Node::Dir { mode } => Node::Dir { mode: *mode },
-                    Node::File => Node::File,
-                    Node::Symlink { target } => Node::Symlink { target: target.clone() },
-                };
-                (p.split('/').map(|c| c.as_bytes().to_vec()).collect(), node)
-            })
-            .collect()
+    fn tree(entries: &[(&str, Node)]) -> PathMap {
+        let mut map = PathMap::new();
+        for (p, n) in entries {
+            let node = match n {
+                Node::Dir { mode } => Node::Dir { mode: *mode },
+                Node::File => Node::File,
+                Node::Symlink { target } => Node::Symlink { target: target.clone() },
+            };
+            map.insert(&comps(p), node);
+        }
+        map
     }
 
     fn comps(p: &str) -> Comps {
