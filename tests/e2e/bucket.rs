@@ -412,10 +412,13 @@ pub fn keygen(host: &Host, name: &str) -> (PathBuf, String) {
     (prefix.with_extension("key"), pk)
 }
 
-/// `switchback publish` of a directory holding a demo-service release.
-pub fn publish(host: &Host, env: &[(String, String)], args: &[&str]) -> Out {
-    let mut all: Vec<&str> = vec!["publish"];
-    all.extend_from_slice(args);
+/// `switchback publish --to BASE --app web --channel production --version V --key KEY EXTRA...` (EXTRA ends with
+/// the directory to pack, unless it promotes).
+pub fn publish(host: &Host, env: &[(String, String)], base: &str, key: &Path, version: &str, extra: &[&str]) -> Out {
+    let key = key.to_str().unwrap();
+    let mut all: Vec<&str> =
+        vec!["publish", "--to", base, "--app", "web", "--channel", "production", "--version", version, "--key", key];
+    all.extend_from_slice(extra);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     host.run_env(&all, &env)
 }

@@ -200,24 +200,7 @@ impl FaultyHost {
             std::fs::write(dir.join(name), data).unwrap();
         }
         std::thread::sleep(Duration::from_millis(1100));
-        publish(
-            &self.host,
-            &[],
-            &[
-                "--to",
-                &self.base,
-                "--app",
-                "web",
-                "--channel",
-                "production",
-                "--version",
-                version,
-                "--key",
-                self.key.to_str().unwrap(),
-                dir.to_str().unwrap(),
-            ],
-        )
-        .expect(0);
+        publish(&self.host, &[], &self.base, &self.key, version, &[dir.to_str().unwrap()]).expect(0);
     }
 
     fn last_poll(&self) -> String {
@@ -363,26 +346,8 @@ fn clocks_far_off_refuse_or_order_manifests_safely() {
     let mut d = Daemon::start(&f.host, &[]);
     let dir = release_dir(&f.host, "2.0.0", 200);
     let env = faketime("+3650d");
-    let out = publish(
-        &f.host,
-        &env,
-        &[
-            "--to",
-            &f.base,
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--version",
-            "2.0.0",
-            "--key",
-            f.key.to_str().unwrap(),
-            "--expires-in",
-            "3660d",
-            "--json",
-            dir.to_str().unwrap(),
-        ],
-    );
+    let out =
+        publish(&f.host, &env, &f.base, &f.key, "2.0.0", &["--expires-in", "3660d", "--json", dir.to_str().unwrap()]);
     let future_seq = out.expect(0).json()["sequence"].as_u64().unwrap();
     wait_for("2.0.0", LIVE, || f.host.current().as_deref() == Some("2.0.0"));
     f.publish("3.0.0", &[]);

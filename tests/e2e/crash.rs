@@ -450,11 +450,7 @@ fn the_daemon_killed_after_a_download_converges() {
     let base = format!("file://{}/bucket", host.path().display());
     let publish_v = |v: &str| {
         let dir = release_dir(&host, v, 200);
-        let args = ["--to", &base, "--app", "web", "--channel", "production", "--version", v, "--key"];
-        let mut args: Vec<&str> = args.to_vec();
-        args.push(key.to_str().unwrap());
-        args.push(dir.to_str().unwrap());
-        publish(&host, &[], &args).expect(0);
+        publish(&host, &[], &base, &key, v, &[dir.to_str().unwrap()]).expect(0);
     };
     publish_v("1.0.0");
     let proven = |v: &str| {

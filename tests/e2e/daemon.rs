@@ -44,32 +44,14 @@ impl S3Host {
 
     fn publish(&self, version: &str, health: u16) {
         let dir = release_dir(&self.host, version, health);
-        self.publish_args(&["--version", version, dir.to_str().unwrap()]).expect(0);
+        self.publish_with_key(&self.key, version, &[dir.to_str().unwrap()]).expect(0);
     }
 
-    fn publish_args(&self, extra: &[&str]) -> crate::harness::Out {
-        self.publish_with_key(&self.key, extra)
-    }
-
-    fn publish_with_key(&self, key: &std::path::Path, extra: &[&str]) -> crate::harness::Out {
+    fn publish_with_key(&self, key: &std::path::Path, version: &str, extra: &[&str]) -> crate::harness::Out {
         let endpoint = self.garage.endpoint();
-        let mut args = vec![
-            "--to",
-            "s3://releases",
-            "--endpoint",
-            &endpoint,
-            "--region",
-            "garage",
-            "--allow-http",
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--key",
-            key.to_str().unwrap(),
-        ];
+        let mut args = vec!["--endpoint", &endpoint, "--region", "garage", "--allow-http"];
         args.extend_from_slice(extra);
-        publish(&self.host, &self.env, &args)
+        publish(&self.host, &self.env, "s3://releases", key, version, &args)
     }
 
     fn daemon(&self) -> Daemon {
@@ -192,7 +174,7 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     let other = Host::new();
     let (other_key, _) = keygen(&other, "intruder");
     let dir = release_dir(&s.host, "2.0.0", 200);
-    s.publish_with_key(&other_key, &["--version", "2.0.0", dir.to_str().unwrap()]).expect(0);
+    s.publish_with_key(&other_key, "2.0.0", &[dir.to_str().unwrap()]).expect(0);
     refusal("an untrusted key", "not among the trusted_keys", &mut d);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
 
@@ -209,26 +191,7 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     let base = format!("file://{}", staging.path().join("bucket").display());
     std::thread::sleep(Duration::from_millis(1100));
     let dir4 = release_dir(&s.host, "4.0.0", 200);
-    publish(
-        &s.host,
-        &[],
-        &[
-            "--to",
-            &base,
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--version",
-            "4.0.0",
-            "--key",
-            s.key.to_str().unwrap(),
-            "--expires-in",
-            "1s",
-            dir4.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
+    publish(&s.host, &[], &base, &s.key, "4.0.0", &["--expires-in", "1s", dir4.to_str().unwrap()]).expect(0);
     std::thread::sleep(Duration::from_millis(1500));
     let staged = staging.path().join("bucket/web");
     bucket.put("web/releases/4.0.0.tar.zst", &std::fs::read(staged.join("releases/4.0.0.tar.zst")).unwrap());
@@ -239,24 +202,7 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     // A valid manifest whose artifact in the bucket is not the one it names (same size, one byte flipped).
     std::thread::sleep(Duration::from_millis(1100));
     let dir5 = release_dir(&s.host, "5.0.0", 200);
-    publish(
-        &s.host,
-        &[],
-        &[
-            "--to",
-            &base,
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--version",
-            "5.0.0",
-            "--key",
-            s.key.to_str().unwrap(),
-            dir5.to_str().unwrap(),
-        ],
-    )
-    .expect(0);
+    publish(&s.host, &[], &base, &s.key, "5.0.0", &[dir5.to_str().unwrap()]).expect(0);
     let mut artifact = std::fs::read(staged.join("releases/5.0.0.tar.zst")).unwrap();
     let mid = artifact.len() / 2;
     artifact[mid] ^= 0xff;
@@ -295,7 +241,7 @@ fn a_dropped_download_resumes_with_a_range_request() {
     // Four cuts: more than the object store client's own resumed retries, so the agent's own resume (from the
     // partial file it kept) is exercised too.
     s.proxy.cut_responses_after(1 << 20, 4);
-    s.publish_args(&["--version", "1.0.0", dir.to_str().unwrap()]).expect(0);
+    s.publish_with_key(&s.key, "1.0.0", &[dir.to_str().unwrap()]).expect(0);
     s.wait_current("1.0.0");
     let gets = s.proxy.requests("GET /releases/web/releases/1.0.0.tar.zst");
     // The client resumes by itself first (bounded ranges); when it gives up, the agent resumes from the partial
@@ -354,21 +300,9 @@ fn trust_new_key(host: &Host) -> PathBuf {
 
 fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, health: u16, extra: &[&str]) {
     let dir = release_dir(host, version, health);
-    let mut args = vec![
-        "--to",
-        base,
-        "--app",
-        "web",
-        "--channel",
-        "production",
-        "--version",
-        version,
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let mut args = extra.to_vec();
     args.push(dir.to_str().unwrap());
-    publish(host, &[], &args).expect(0);
+    publish(host, &[], base, key, version, &args).expect(0);
 }
 
 /// Reads notify datagrams until `want` arrives (or panics after `timeout`); returns every message seen.
@@ -556,39 +490,16 @@ fn publish_is_deterministic_immutable_minisign_compatible_and_can_promote() {
     let (host, _svc, key, base) = file_host(HEALTH);
     let dir = release_dir(&host, "1.0.0", 200);
     let base2 = format!("file://{}/bucket2", host.path().display());
-    let args = |b: &str| -> Vec<String> {
-        [
-            "--to",
-            b,
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.display().to_string()])
-        .collect()
-    };
-    let run = |b: &str| {
-        let a = args(b);
-        publish(&host, &[], &a.iter().map(String::as_str).collect::<Vec<_>>()).expect(0).json()
-    };
-    let first = run(&base);
+    let run = |b: &str| publish(&host, &[], b, &key, "1.0.0", &["--json", dir.to_str().unwrap()]);
+    let first = run(&base).expect(0).json();
     // Same tree, other mtimes: the same bytes.
     std::thread::sleep(Duration::from_millis(1100));
     std::fs::write(dir.join("version.txt"), "1.0.0").unwrap();
-    let second = run(&base2);
+    let second = run(&base2).expect(0).json();
     assert_eq!(first["sha256"], second["sha256"], "packing is not deterministic");
     // The same version with other content is refused: releases are immutable.
     std::fs::write(dir.join("extra"), "x").unwrap();
-    let a = args(&base);
-    let out = publish(&host, &[], &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&base);
     out.expect(2);
     assert!(out.stderr.contains("immutable"), "{}", out.stderr);
 
@@ -608,24 +519,7 @@ fn publish_is_deterministic_immutable_minisign_compatible_and_can_promote() {
     std::thread::sleep(Duration::from_millis(1100));
     file_publish(&host, &key, &base, "2.0.0", 200, &[]);
     let seq2: serde_json::Value = serde_json::from_slice(&std::fs::read(&channel).unwrap()).unwrap();
-    let out = publish(
-        &host,
-        &[],
-        &[
-            "--to",
-            &base,
-            "--app",
-            "web",
-            "--channel",
-            "production",
-            "--version",
-            "1.0.0",
-            "--key",
-            key.to_str().unwrap(),
-            "--promote-only",
-            "--json",
-        ],
-    );
+    let out = publish(&host, &[], &base, &key, "1.0.0", &["--promote-only", "--json"]);
     let promoted = out.expect(0).json();
     assert_eq!(promoted["version"], "1.0.0");
     assert_eq!(promoted["uploaded"], false);

@@ -496,11 +496,7 @@ fn concurrent_commands_with_a_running_daemon() {
     let publish_v = |v: &str| {
         let dir = h.path().join("build").join(v);
         release_tree(&dir, v, true);
-        let args = ["--to", &base, "--app", "web", "--channel", "production", "--version", v, "--key"];
-        let mut args: Vec<&str> = args.to_vec();
-        args.push(key.to_str().unwrap());
-        args.push(dir.to_str().unwrap());
-        publish(&h, &[], &args).expect(0);
+        publish(&h, &[], &base, &key, v, &[dir.to_str().unwrap()]).expect(0);
     };
     deploy(&h, "v1", true).expect(0);
     let mut d = Daemon::start(&h, &[]);
