@@ -373,20 +373,28 @@ fn open_source(app: &App) -> Option<Source> {
     }
 }
 
+/// Whether what the accepted manifest asks for is settled (done, or refused for good), or must be tried again
+/// later (busy, pinned, the bucket away, a shutdown): an inbox drop stays in the inbox until it is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Converged {
+    Settled,
+    Later,
+}
+
 /// Brings the app to what its accepted manifest names, unless that version is bad, the app is pinned elsewhere,
 /// or its artifact was refused.
-async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) {
+async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) -> Converged {
     let state = match app.load_state() {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{}: {e:#}", app.name);
-            return;
+            return Converged::Later;
         }
     };
     let current = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
     let Some(want) = state.channel.clone() else {
         worker.set_activity(format!("on {current}; no manifest accepted yet"));
-        return;
+        return Converged::Settled;
     };
     let v = want.version.clone();
     let hold = |mem: &mut Memory, why: String| {
@@ -396,22 +404,26 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         }
         worker.set_activity(format!("on {current}; holding: {why}"));
     };
+    use Converged::{Later, Settled};
     if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
         let health = state.last_health.as_ref().map_or("", |h| if h.healthy { " healthy" } else { " unhealthy" });
         worker.set_activity(format!("on {v}{health}"));
-        return;
+        return Settled;
     }
     if let Some(bad) = state.bad.get(&v) {
-        return hold(mem, format!("{v} is marked bad ({})", bad.reason));
+        hold(mem, format!("{v} is marked bad ({})", bad.reason));
+        return Settled;
     }
     if let Some(pin) = &state.pin {
         if pin.version != v {
-            return hold(mem, format!("pinned to {}", pin.version));
+            hold(mem, format!("pinned to {}", pin.version));
+            return Later;
         }
     }
     let key = (v.to_string(), want.sha256.clone());
     if mem.refused.contains(&key) {
-        return hold(mem, format!("the artifact of {v} was refused"));
+        hold(mem, format!("the artifact of {v} was refused"));
+        return Settled;
     }
     mem.held.clear();
     let on_disk = app.store.on_disk().unwrap_or_default();
@@ -429,11 +441,12 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
             }
             Err(e) => {
                 tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
+                worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
                 if matches!(e, Error::ArtifactMismatch { .. }) {
                     mem.refused.insert(key);
+                    return Settled;
                 }
-                worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
-                return;
+                return Later;
             }
         }
     };
@@ -463,9 +476,9 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     worker.clear_cancel();
     // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
     // the release was on disk); a release on disk never needs its artifact again.
+    let unused = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
+        || (progress::shutting_down() && !app.store.on_disk().unwrap_or_default().contains(&v));
     if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(app))) {
-        let unused = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
-            || (progress::shutting_down() && !app.store.on_disk().unwrap_or_default().contains(&v));
         if !unused {
             let _ = std::fs::remove_file(p);
         }
@@ -476,6 +489,11 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         Ok(_) => format!("on {now} healthy"),
         Err(e) => format!("on {now}; deploy of {v} failed: {}", first_line(&format!("{e}"))),
     });
+    if unused {
+        Later
+    } else {
+        Settled
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -531,11 +549,10 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
         let from = format!("{}{}", pull::INBOX_PREFIX, m.display());
         let (a, b, s, f) = (app.clone(), bytes.clone(), sig.clone(), from.clone());
         let verdict = blocking(worker, move || Ok(pull::accept_under_lock(&a, &b, &s, &f))).await;
+        // A drop leaves the inbox once what it asks for is settled: deployed, rolled back, or refused for good; a
+        // busy app or a pin keeps it for the next scan.
         let done = match verdict {
-            Ok(Ok(Polled::Accepted { new: true, .. })) => {
-                converge(app, src, worker, mem).await;
-                true
-            }
+            Ok(Ok(Polled::Accepted { .. })) => converge(app, src, worker, mem).await == Converged::Settled,
             Ok(Ok(_)) => true,
             Ok(Err(pull::AcceptError::Refused(r))) => {
                 let mut refused = m.clone().into_os_string();

@@ -395,7 +395,7 @@ fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
 }
 
 #[test]
-fn an_inbox_drop_is_deployed_at_once_and_a_bad_one_is_set_aside() {
+fn an_inbox_drop_is_deployed_at_once_held_while_pinned_and_a_bad_one_is_set_aside() {
     let (host, svc, key, base) = file_host(HEALTH);
     let inbox = host.path().join("inbox");
     let cfg = std::fs::read_to_string(&host.config)
@@ -418,19 +418,35 @@ fn an_inbox_drop_is_deployed_at_once_and_a_bad_one_is_set_aside() {
     wait_for("the inbox drop to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
     eprintln!("inbox drop live after {:?}", start.elapsed());
     assert!(svc.get("/version.txt").unwrap().1.ends_with("1.0.0"));
-    wait_for("the inbox to be emptied", LIVE, || std::fs::read_dir(&inbox).unwrap().next().is_none());
+    let empty = || std::fs::read_dir(&inbox).unwrap().next().is_none();
+    wait_for("the inbox to be emptied", LIVE, empty);
 
-    // A manifest whose signature does not match is refused, set aside, and nothing changes.
+    // A drop for a pinned app waits in the inbox until the pin is gone, then goes live.
+    host.run(&["pin", "web", "1.0.0"]).expect(0);
     std::thread::sleep(Duration::from_millis(1100));
     file_publish(&host, &key, &base, "2.0.0", 200, &[]);
     drop_in("2.0.0.tar.zst", published.join("releases/2.0.0.tar.zst"));
+    drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
+    drop_in("web.json", published.join("channels/production.json"));
+    wait_for("the daemon to hold the drop", LIVE, || d.log().contains("not deploying 2.0.0: pinned to 1.0.0"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(inbox.join("web.json").exists() && inbox.join("2.0.0.tar.zst").exists(), "a held drop was removed");
+    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    host.run(&["unpin", "web"]).expect(0);
+    wait_for("the held drop to go live after unpin", LIVE, || host.current().as_deref() == Some("2.0.0"));
+    wait_for("the inbox to be emptied again", LIVE, empty);
+
+    // A manifest whose signature does not match is refused, set aside, and nothing changes.
+    std::thread::sleep(Duration::from_millis(1100));
+    file_publish(&host, &key, &base, "3.0.0", 200, &[]);
+    drop_in("3.0.0.tar.zst", published.join("releases/3.0.0.tar.zst"));
     drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
     let forged =
         std::fs::read_to_string(published.join("channels/production.json")).unwrap().replace("\"size\"", "\"size\" ");
     std::fs::write(inbox.join(".web.json.tmp"), forged).unwrap();
     std::fs::rename(inbox.join(".web.json.tmp"), inbox.join("web.json")).unwrap();
     wait_for("the forged manifest to be set aside", LIVE, || inbox.join("web.json.refused").exists());
-    assert_eq!(host.current().as_deref(), Some("1.0.0"));
+    assert_eq!(host.current().as_deref(), Some("2.0.0"));
     assert!(d.log().contains("bad signature"), "{}", d.log());
     assert_eq!(d.stop(), 0);
 }
