@@ -57,6 +57,8 @@ struct Handle {
     cfg: watch::Sender<(App, Duration)>,
     worker: Arc<Worker>,
     join: tokio::task::JoinHandle<()>,
+    /// The activity and last poll last written to `daemon.json` (written again only when they change).
+    written: Option<(String, String)>,
 }
 
 pub fn run(config_path: &Path) -> anyhow::Result<u8> {
@@ -129,7 +131,7 @@ async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
                     notify(&[NotifyState::Status(&line)]);
                     last_status = line;
                 }
-                write_infos(&handles);
+                write_infos(&mut handles);
                 if let Some(wd) = watchdog {
                     if last_ping.elapsed() >= wd / 2 {
                         let stuck: Vec<String> =
@@ -202,12 +204,11 @@ fn reload(
             tracing::error!("configuration not reloaded, keeping the old one: {e}");
         }
         Ok(config) => {
-            handles.retain(|name, h| {
+            handles.retain(|name, _| {
                 let keep = config.apps.contains_key(name);
                 if !keep {
-                    tracing::info!("{name}: no longer configured; its worker stops");
                     // Dropping its configuration sender ends the worker at its next wake-up.
-                    h.worker.set_activity("stopping: no longer configured");
+                    tracing::info!("{name}: no longer configured; its worker stops");
                 }
                 keep
             });
@@ -236,27 +237,25 @@ fn status_line(handles: &BTreeMap<String, Handle>) -> String {
     handles.values().map(|h| format!("{} {}", h.worker.app, h.worker.activity())).collect::<Vec<_>>().join("; ")
 }
 
-fn write_infos(handles: &BTreeMap<String, Handle>) {
-    for h in handles.values() {
+fn write_infos(handles: &mut BTreeMap<String, Handle>) {
+    for h in handles.values_mut() {
+        let now = (h.worker.activity(), h.worker.poll());
+        if h.written.as_ref() == Some(&now) {
+            continue;
+        }
         let path = h.worker_info_path();
         let info = DaemonInfo {
             pid: std::process::id(),
-            activity: h.worker.activity(),
-            last_poll: h.worker.poll(),
-            updated_at: String::new(),
+            activity: now.0.clone(),
+            last_poll: now.1.clone(),
+            updated_at: fsutil::now_rfc3339(),
         };
-        let old: Option<DaemonInfo> =
-            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).map(|mut o: DaemonInfo| {
-                o.updated_at = String::new();
-                o
-            });
-        if old.as_ref() != Some(&info) {
-            let info = DaemonInfo { updated_at: fsutil::now_rfc3339(), ..info };
-            if let Ok(bytes) = serde_json::to_vec_pretty(&info) {
-                if let Err(e) = fsutil::write_atomic(&path, &bytes) {
-                    tracing::debug!("{}: {e:#}", path.display());
-                }
-            }
+        let written = serde_json::to_vec_pretty(&info)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| fsutil::write_atomic(&path, &bytes));
+        match written {
+            Ok(()) => h.written = Some(now),
+            Err(e) => tracing::debug!("{}: {e:#}", path.display()),
         }
     }
 }
@@ -265,7 +264,7 @@ fn spawn(app: App, poll: Duration, stop: watch::Receiver<bool>, ready: mpsc::Sen
     let worker = Worker::new(&app.name, app.state_dir.clone());
     let (cfg_tx, cfg_rx) = watch::channel((app, poll));
     let join = tokio::spawn(worker_loop(cfg_rx, stop, worker.clone(), ready));
-    Handle { cfg: cfg_tx, worker, join }
+    Handle { cfg: cfg_tx, worker, join, written: None }
 }
 
 /// Runs blocking app work on the blocking pool, on behalf of `worker`.

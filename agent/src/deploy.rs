@@ -268,18 +268,24 @@ fn preflight_space(app: &App, archive: &Path, archive_size: u64) -> anyhow::Resu
 
 /// The sha256 (hex) and size of a file, streamed.
 pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening archive {}", path.display()))?;
+    let (hasher, total) = sha256_prefix(path, u64::MAX).with_context(|| format!("reading {}", path.display()))?;
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// Hashes the first bytes of `path` (at most `limit`), streamed; returns the hasher (to go on with) and how many
+/// bytes it saw.
+pub fn sha256_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
+    let mut f = File::open(path)?.take(limit);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok((hasher, total));
         }
         hasher.update(&buf[..n]);
         total += n as u64;
         crate::progress::beat();
     }
-    Ok((hex::encode(hasher.finalize()), total))
 }

@@ -138,10 +138,10 @@ pub fn verify(
         }
     };
     progress::set_activity(format!("deploying {version} (starting)"));
+    let start = Instant::now();
     if let Err(e) = pause(policy.start_period, "the checks' start period")? {
         return Ok(Err(e));
     }
-    let start = Instant::now().checked_sub(policy.start_period).unwrap_or_else(Instant::now);
     let deadline = start + policy.start_period + policy.deadline;
     let mut passes = 0u32;
     let mut last_failure = String::from("no round completed");

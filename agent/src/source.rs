@@ -23,6 +23,7 @@ use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStore
 use sha2::{Digest, Sha256};
 
 use crate::config::{AppConfig, DownloadPolicy};
+use crate::deploy::{sha256_file, sha256_prefix};
 use crate::error::Error;
 
 /// Largest manifest or signature we read: they are a few hundred bytes.
@@ -182,7 +183,7 @@ impl Source {
         let done = dir.join(format!("{sha256}.tar.zst"));
         let part = dir.join(format!("{sha256}.tar.zst.part"));
         if done.exists() {
-            if hash_prefix(&done, u64::MAX).is_ok_and(|(h, n)| n == size && hex::encode(h.finalize()) == sha256) {
+            if sha256_file(&done).is_ok_and(|(h, n)| n == size && h == sha256) {
                 return Ok(done);
             }
             let _ = std::fs::remove_file(&done);
@@ -236,7 +237,7 @@ impl Source {
             .write(true)
             .open(part)
             .map_err(|e| io("opening", e))?;
-        let (mut hasher, mut have) = hash_prefix(part, size).map_err(|e| io("reading", e))?;
+        let (mut hasher, mut have) = sha256_prefix(part, size).map_err(|e| io("reading", e))?;
         if have >= size && size > 0 {
             // A complete (or overlong) part from an earlier run: check it as it is.
             file.set_len(size).map_err(|e| io("truncating", e))?;
@@ -366,20 +367,4 @@ enum Attempt {
     Again(Error),
     /// The artifact itself is wrong: retrying cannot help.
     Final(Error),
-}
-
-/// Hashes the first bytes of `path` (at most `limit`), returning the hasher and how many bytes it saw.
-fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
-    let mut hasher = Sha256::new();
-    let mut f = File::open(path)?.take(limit);
-    let mut buf = vec![0u8; 64 << 10];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            return Ok((hasher, n));
-        }
-        hasher.update(&buf[..k]);
-        n += k as u64;
-    }
 }

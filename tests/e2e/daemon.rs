@@ -305,6 +305,17 @@ fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, h
     publish(host, &[], base, key, version, &args).expect(0);
 }
 
+/// The test's own notify socket, and the environment that points a daemon at it with a 1 s watchdog.
+fn notify_socket(host: &Host) -> (UnixDatagram, Vec<(String, String)>) {
+    let path = host.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let env = vec![
+        ("NOTIFY_SOCKET".to_owned(), path.display().to_string()),
+        ("WATCHDOG_USEC".to_owned(), "1000000".to_owned()),
+    ];
+    (sock, env)
+}
+
 /// Reads notify datagrams until `want` arrives (or panics after `timeout`); returns every message seen.
 fn expect_notify(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
     let start = Instant::now();
@@ -328,12 +339,7 @@ fn expect_notify(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<Stri
 fn speaks_the_systemd_notify_protocol() {
     let (host, _svc, key, base) = file_host(HEALTH);
     file_publish(&host, &key, &base, "1.0.0", 200, &[]);
-    let sock_path = host.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let env = vec![
-        ("NOTIFY_SOCKET".to_owned(), sock_path.display().to_string()),
-        ("WATCHDOG_USEC".to_owned(), "1000000".to_owned()),
-    ];
+    let (sock, env) = notify_socket(&host);
     let mut d = Daemon::start(&host, &env);
     expect_notify(&sock, "READY=1", LIVE);
     wait_for("1.0.0 to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
@@ -355,13 +361,8 @@ fn speaks_the_systemd_notify_protocol() {
 fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
     let (host, _svc, key, base) = file_host(HEALTH);
     file_publish(&host, &key, &base, "1.0.0", 200, &[]);
-    let sock_path = host.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let env = vec![
-        ("NOTIFY_SOCKET".to_owned(), sock_path.display().to_string()),
-        ("WATCHDOG_USEC".to_owned(), "1000000".to_owned()),
-        ("SWITCHBACK_HANG_AT".to_owned(), "after-unpack".to_owned()),
-    ];
+    let (sock, mut env) = notify_socket(&host);
+    env.push(("SWITCHBACK_HANG_AT".to_owned(), "after-unpack".to_owned()));
     let mut d = Daemon::start(&host, &env);
     wait_for("the worker to hang", LIVE, || d.log().contains("hanging at crash point"));
     // Pings may go on until the silence exceeds the watchdog interval; then none may come.
