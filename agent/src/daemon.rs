@@ -419,6 +419,10 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
             return Later;
         }
     }
+    if want.expired(std::time::SystemTime::now()) {
+        hold(mem, format!("the manifest naming {v} expired at {}; waiting for a newer one", want.expires));
+        return Settled;
+    }
     let key = (v.to_string(), want.sha256.clone());
     if mem.refused.contains(&key) {
         hold(mem, format!("the artifact of {v} was refused"));

@@ -180,6 +180,15 @@ impl Manifest {
     }
 }
 
+impl Accepted {
+    /// Whether the manifest's `expires` has passed by `now`: a manifest accepted in time but acted on later (after
+    /// an unpin, a busy lock, an outage) must still be in date, or a withheld channel could bring back an old
+    /// release long after its publisher moved on.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        !matches!(humantime::parse_rfc3339_weak(&self.expires), Ok(t) if t > now)
+    }
+}
+
 fn valid_artifact_path(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 1024

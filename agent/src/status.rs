@@ -118,8 +118,13 @@ pub fn print_human(s: &AppStatus) {
     }
     if let Some(c) = &s.channel {
         println!(
-            "  channel    wants {} (sequence {}, accepted {}, from {})",
-            c.version, c.sequence, c.accepted_at, c.from
+            "  channel    wants {} (sequence {}, accepted {}, {} {}, from {})",
+            c.version,
+            c.sequence,
+            c.accepted_at,
+            if c.expired(std::time::SystemTime::now()) { "EXPIRED" } else { "expires" },
+            c.expires,
+            c.from
         );
     }
     match &s.daemon {

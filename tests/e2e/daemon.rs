@@ -286,6 +286,38 @@ fn a_bucket_outage_keeps_the_release_and_the_daemon_resumes() {
 
 /// A host following a `file://` base: no S3 server needed. Returns the host, its service, the signing key and
 /// the base to publish to.
+#[test]
+fn a_manifest_that_expires_while_held_is_not_acted_on() {
+    let s = S3Host::new(HEALTH);
+    let mut d = s.daemon();
+    s.publish("1.0.0", 200);
+    s.wait_current("1.0.0");
+    s.host.run(&["pin", "web", "1.0.0"]).expect(0);
+
+    // Accepted while in date, held by the pin until after it expired.
+    let dir = release_dir(&s.host, "2.0.0", 200);
+    s.publish_with_key(&s.key, "2.0.0", &["--expires-in", "6s", dir.to_str().unwrap()]).expect(0);
+    wait_for("2.0.0 to be accepted", LIVE, || s.status()["channel"]["version"] == "2.0.0");
+    let expires = s.status()["channel"]["expires"].as_str().unwrap().to_owned();
+    wait_for("the manifest to expire", LIVE, || {
+        humantime::parse_rfc3339_weak(&expires).unwrap() < std::time::SystemTime::now()
+    });
+    s.host.run(&["unpin", "web"]).expect(0);
+    wait_for("the daemon to hold the expired manifest", LIVE, || {
+        s.status()["daemon"]["activity"].as_str().unwrap_or("").contains("expired")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
+    assert!(!s.host.release_dirs().contains(&"2.0.0".to_owned()), "an expired manifest's release was fetched");
+    let human = s.host.run(&["status", "web"]).expect(0).stdout.clone();
+    assert!(human.contains("EXPIRED"), "{human}");
+
+    // A newer manifest in date is followed again.
+    s.publish("3.0.0", 200);
+    s.wait_current("3.0.0");
+    assert_eq!(d.stop(), 0, "log:\n{}", d.log());
+}
+
 fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
     let (host, svc) = Service::host_with(
         |h| format!("source = \"file://{}/bucket/web\"\ntrusted_keys = [\"PUBLIC_KEY\"]\n", h.path().display()),
