@@ -195,7 +195,10 @@ fn drain_trailer<R: Read>(input: &mut R, limits: &Limits) -> Result<(), UnpackEr
 
 fn stream_error(entry: Option<&[u8]>, e: io::Error, limits: &Limits) -> UnpackError {
     let text = e.to_string();
+    // The tar crate reports a stream that ends inside data it skips (a directory's or link's body) as an
+    // `Other` error with "unexpected EOF" in its text.
     let reason = if e.kind() == io::ErrorKind::UnexpectedEof
+        || text.contains("unexpected EOF")
         || text.contains("incomplete frame")
         || text.contains("entire block")
     {

@@ -610,6 +610,16 @@ fn entry_truncated_mid_data() {
 }
 
 #[test]
+fn directory_body_truncated() {
+    // A directory entry may carry a body, which the parser skips; a stream that ends inside it is truncated.
+    let h = Host::new();
+    let mut tar =
+        Tar::new().file("pwned-before", b"x").push(Hdr { size: 10_000, ..hdr(b'5', b"d/") }, &[7; 10_000]).end();
+    tar.truncate(3 * 512 + 3000);
+    refused(&h, "directory_body_truncated", &zst(&tar), None, "the stream is truncated");
+}
+
+#[test]
 fn compressed_stream_cut_in_half() {
     let h = Host::new();
     let mut a = Tar::new().file("pwned-half", &noise(256 << 10, 2)).zst();
