@@ -82,12 +82,25 @@ pub fn unit_properties(unit: &str) -> Result<std::collections::HashMap<String, S
         .collect())
 }
 
-/// Whether the process's working directory or executable resolves into `release_dir`.
+/// Whether the process's working directory, executable or one of its arguments (an interpreter's script,
+/// `--config=PATH`) resolves into `release_dir`.
 fn runs_from(pid: u32, release_dir: &Path) -> bool {
     let Ok(release) = release_dir.canonicalize() else { return true };
-    ["cwd", "exe"]
-        .iter()
-        .any(|what| std::fs::read_link(format!("/proc/{pid}/{what}")).is_ok_and(|p| p.starts_with(&release)))
+    let proc = Path::new("/proc").join(pid.to_string());
+    if ["cwd", "exe"].iter().any(|what| std::fs::read_link(proc.join(what)).is_ok_and(|p| p.starts_with(&release))) {
+        return true;
+    }
+    let Ok(cmdline) = std::fs::read(proc.join("cmdline")) else { return false };
+    if cmdline.is_empty() {
+        // Still inside execve (a Type=simple unit's restart returns right after the fork): no verdict yet.
+        return true;
+    }
+    cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).any(|arg| {
+        let arg = String::from_utf8_lossy(arg);
+        let path = arg.rsplit_once('=').map_or(&*arg, |(_, p)| p);
+        // A relative argument is relative to the process's working directory, which is not ours.
+        path.starts_with('/') && Path::new(path).canonicalize().is_ok_and(|p| p.starts_with(&release))
+    })
 }
 
 /// Re-reads the unit during checks: a failed unit or a growing restart counter is a failure even if a probe answers.
@@ -105,4 +118,50 @@ pub fn unit_still_up(r: &Restarted) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_from;
+
+    #[test]
+    fn a_process_runs_from_the_release_its_script_argument_is_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (new, old, elsewhere) =
+            (tmp.path().join("releases/2"), tmp.path().join("releases/1"), tmp.path().join("x"));
+        for d in [&new, &old, &elsewhere] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(new.join("app.sh"), "").unwrap();
+        std::os::unix::fs::symlink(&new, tmp.path().join("current")).unwrap();
+        // An interpreter outside the release, started elsewhere, given a script through the `current` link (the
+        // shell waits for sleep instead of exec-ing it, so its arguments stay in /proc/PID/cmdline).
+        let script = tmp.path().join("current/app.sh");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; exit 0", "app"])
+            .arg(&script)
+            .current_dir(&elsewhere)
+            .spawn()
+            .unwrap();
+        let mut config = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; exit 0", "app"])
+            .arg(format!("--config={}", script.display()))
+            .current_dir(&elsewhere)
+            .spawn()
+            .unwrap();
+        // Right after spawn the child may still be inside execve, with an empty command line for a moment.
+        for pid in [child.id(), config.id()] {
+            let started = std::time::Instant::now();
+            while std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty()) {
+                assert!(started.elapsed() < std::time::Duration::from_secs(5), "{pid} never showed its arguments");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let verdicts = (runs_from(child.id(), &new), runs_from(child.id(), &old), runs_from(config.id(), &new));
+        for c in [&mut child, &mut config] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert_eq!(verdicts, (true, false, true));
+    }
 }
