@@ -8,17 +8,38 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// The prefix of [`write_atomic`]'s temporary files.
+const TMP_PREFIX: &str = ".tmp-";
+
 /// Replaces `path` with `bytes` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(TMP_PREFIX)
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
     fsync_dir(dir)
+}
+
+/// Removes the temporary files of [`write_atomic`] in `dir` that were last modified more than `age` ago: a
+/// process killed between creating one and renaming it leaves it behind. A write takes milliseconds, so an old
+/// one belongs to nobody; a younger one may be another process's write in progress (the daemon writes its status
+/// file without the app's lock) and is left alone. Returns the names removed.
+pub fn remove_stale_temps(dir: &Path, age: std::time::Duration) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(removed) };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = || entry.metadata().ok()?.modified().ok()?.elapsed().ok().map(|e| e > age);
+        if name.starts_with(TMP_PREFIX) && entry.file_type().is_ok_and(|t| t.is_file()) && stale() == Some(true) {
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 /// Makes a directory's entries (renames, creations, removals) durable.

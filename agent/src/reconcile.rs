@@ -10,7 +10,8 @@ use crate::timeline::Timeline;
 
 pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
     app.store.prepare()?;
-    let removed = app.store.remove_leftovers()?;
+    let mut removed = app.store.remove_leftovers()?;
+    removed.extend(crate::fsutil::remove_stale_temps(&app.state_dir, std::time::Duration::from_secs(60))?);
     let mut state = app.load_state()?;
     let before = state.clone();
     let on_disk = app.store.on_disk()?;

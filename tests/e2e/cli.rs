@@ -212,6 +212,20 @@ fn leftovers_of_an_interrupted_run_are_reconciled() {
     assert_eq!(h.release_dirs(), vec!["v1", "v2"]);
     let rec = h.history().into_iter().find(|e| e["op"] == "recover").expect("a recover event");
     assert!(rec["reason"].as_str().unwrap().contains(".staging-v2-abc123"), "{rec}");
+
+    // A state file's temporary copy left by a killed writer goes too, once it is old enough to belong to nobody;
+    // a fresh one may be a write in progress and stays.
+    let old = h.state_dir().join(".tmp-killed");
+    let fresh = h.state_dir().join(".tmp-writing");
+    std::fs::write(&old, "{").unwrap();
+    std::fs::write(&fresh, "{").unwrap();
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+    h.run(&["prune", "web"]).expect(0);
+    assert!(!old.exists(), "a stale temporary file was kept");
+    assert!(fresh.exists(), "a temporary file in use was removed");
+    let rec = h.history().into_iter().rfind(|e| e["op"] == "recover").unwrap();
+    assert!(rec["reason"].as_str().unwrap().contains(".tmp-killed"), "{rec}");
 }
 
 #[test]
