@@ -94,6 +94,44 @@ impl App {
         history::append(&self.history_path(), event)
     }
 
+    /// The event of the command in progress, written before it changes anything and removed once its outcome is
+    /// in history: a command killed in between (even right after its final state write) leaves it behind.
+    pub fn pending_event_path(&self) -> PathBuf {
+        self.state_dir.join("pending-event.json")
+    }
+
+    /// Appends the event a killed command left pending, unless it made it into history before the kill, then
+    /// removes it. Runs under the lock (reconcile, and before each recorded command). Returns what was recovered.
+    pub fn recover_pending_event(&self) -> anyhow::Result<Option<Event>> {
+        let path = self.pending_event_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let mut recovered = None;
+        // A file that does not parse was never a complete write (write_atomic renames whole files): nothing to keep.
+        if let Ok(mut ev) = serde_json::from_slice::<Event>(&bytes) {
+            if !history::recently_recorded(&self.history_path(), &ev)? {
+                ev.outcome = "interrupted".to_owned();
+                let note = format!(
+                    "pid {} did not record its outcome (killed, or history could not be written); the state tells where \
+                     it left the app",
+                    ev.who.pid
+                );
+                ev.reason = Some(match ev.reason.take() {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+                self.record(&ev)?;
+                recovered = Some(ev);
+            }
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        crate::fsutil::fsync_dir(&self.state_dir)?;
+        Ok(recovered)
+    }
+
     pub fn event(&self, op: &str) -> Event {
         Event::new(&self.name, op)
     }
@@ -124,6 +162,13 @@ impl App {
         tl: &mut crate::timeline::Timeline,
         f: impl FnOnce(&mut Event, &mut crate::timeline::Timeline) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        self.recover_pending_event()?;
+        let pending = self.pending_event_path();
+        crate::fsutil::write_atomic(&pending, &serde_json::to_vec(&ev).context("serializing a history event")?)
+            .with_context(|| {
+                format!("saving this command's event to {} before it changes anything", pending.display())
+            })?;
+        crate::crashpoint::hit("after-pending-event");
         let result = f(&mut ev, tl);
         ev.duration_ms = tl.elapsed_ms();
         ev.steps = tl.steps.clone();
@@ -140,11 +185,21 @@ impl App {
                 None => why,
             });
         }
-        if let Err(e) = self.record(&ev) {
-            // History must not hide the operation's own result; the failure is still loud.
-            tracing::error!("{}: cannot append to history: {e:#}", self.name);
-            if result.is_ok() {
-                return Err(e);
+        match self.record(&ev) {
+            // The pending copy is only removed once the event is in history; left behind, the next command
+            // records it (as interrupted) and checks that it is not there twice.
+            Ok(()) => {
+                crate::crashpoint::hit("after-record");
+                if let Err(e) = std::fs::remove_file(&pending) {
+                    tracing::warn!("{}: cannot remove {}: {e}", self.name, pending.display());
+                }
+            }
+            Err(e) => {
+                // History must not hide the operation's own result; the failure is still loud.
+                tracing::error!("{}: cannot append to history: {e:#}", self.name);
+                if result.is_ok() {
+                    return Err(e);
+                }
             }
         }
         result

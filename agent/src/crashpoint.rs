@@ -9,10 +9,13 @@
 //!   removes it, then goes on: a test can change the world (fill a disk) at an exact step.
 //!
 //! The points, in order (`grep -n crashpoint::hit agent/src/*.rs`):
+//! - every recorded command (deploy, rollback, pin, unpin, prune, accept): `after-pending-event` (its event is
+//!   saved, nothing changed yet) and `after-record` (below);
 //! - deploy: `mid-unpack` (after each entry), `after-unpack`, `after-staging-durable`, `after-release-rename`,
 //!   `before-switch`, `after-temp-symlink` (in every switch), `after-switch`, `after-state-write`, `during-restart`
 //!   (the restart command or systemctl is running), `after-restart`, `during-checks` (after each round),
-//!   `during-bake` (each turn of the bake window), `after-commit`;
+//!   `during-bake` (each turn of the bake window), `after-commit`, `after-record` (the event is in history, its
+//!   pending copy not yet removed: every recorded command passes it);
 //! - rollback, manual or automatic: `rollback-before-switch`, `after-temp-symlink`, `rollback-after-switch`,
 //!   `rollback-after-state-write`, `during-restart`, `rollback-after-restart`, `during-checks`, `during-bake`,
 //!   `rollback-after-commit`;

@@ -15,7 +15,8 @@ pub struct Event {
     pub op: String,
     pub version: Option<String>,
     pub previous: Option<String>,
-    /// "ok", "rolled-back", "rollback-failed", "failed", "refused", "recovered".
+    /// "ok", "rolled-back", "rollback-failed", "failed", "refused", "recovered", "interrupted" (the command
+    /// ended before recording its outcome; recorded by the next one).
     pub outcome: String,
     pub duration_ms: u64,
     pub reason: Option<String>,
@@ -79,6 +80,24 @@ impl Event {
 pub fn append(path: &Path, event: &Event) -> anyhow::Result<()> {
     let line = serde_json::to_vec(event).context("serializing a history event")?;
     fsutil::append_line(path, &line)
+}
+
+/// Whether `event` (the same command: time, op and pid) is among the events of the last 256 KiB of history.
+pub fn recently_recorded(path: &Path, event: &Event) -> anyhow::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let len = f.metadata().with_context(|| format!("inspecting {}", path.display()))?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).with_context(|| format!("reading {}", path.display()))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).with_context(|| format!("reading {}", path.display()))?;
+    Ok(tail
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Event>(l).ok())
+        .any(|e| e.time == event.time && e.op == event.op && e.who.pid == event.who.pid && e.app == event.app))
 }
 
 /// Reads every event; a torn last line (power loss mid-append) is skipped, not fatal.

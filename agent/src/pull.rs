@@ -101,8 +101,8 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
             ev.previous = state.channel.as_ref().map(|c| c.version.to_string());
             ev.reason = Some(format!("manifest {from}, sequence {}", accepted.sequence));
             state.channel = Some(accepted);
-            app.save_state(&state).map_err(AcceptError::Other)?;
-            app.record(&ev).map_err(AcceptError::Other)?;
+            let mut tl = crate::timeline::Timeline::new(false);
+            app.recorded(ev, &mut tl, |_, _| app.save_state(&state)).map_err(AcceptError::Other)?;
             Ok(Polled::Accepted { version: m.version, new: true })
         }
         Err(r) => {

@@ -12,6 +12,10 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
     app.store.prepare()?;
     let mut removed = app.store.remove_leftovers()?;
     removed.extend(crate::fsutil::remove_stale_temps(&app.state_dir, std::time::Duration::from_secs(60))?);
+    // The killed command's own event first: it happened before the recovery this may record.
+    if let Some(ev) = app.recover_pending_event()? {
+        tl.note(&format!("recorded the event of an interrupted {} (pid {})", ev.op, ev.who.pid));
+    }
     let mut state = app.load_state()?;
     let before = state.clone();
     let on_disk = app.store.on_disk()?;

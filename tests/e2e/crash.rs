@@ -241,10 +241,20 @@ type Case = (&'static str, &'static str, &'static [&'static str]);
 fn crash_at(h: &Host, args: &[&str], case: &Case) {
     let (point, live, recover) = *case;
     let before = recover_events(h).len();
+    let own = |outcome: &str| h.history().iter().filter(|e| e["op"] == args[0] && e["outcome"] == outcome).count();
+    let (interrupted, recorded) = (own("interrupted"), h.history().len());
     let out = h.run_env(args, &[("SWITCHBACK_CRASH_AT", point)]);
     assert_eq!(out.code, -1, "{point}: the process must die by SIGKILL: {out:#?}");
     assert_eq!(assert_complete(h), live, "{point}: current right after the kill");
     next_command_converges(h, point, before, recover);
+    // The killed command's own event is in history once: as it was when the kill came after its record, and
+    // otherwise recovered from its pending copy as `interrupted`.
+    let events = h.history();
+    let own_events: Vec<_> = events[recorded..].iter().filter(|e| e["op"] == args[0]).collect();
+    assert_eq!(own_events.len(), 1, "{point}: the killed {} must be recorded once: {own_events:#?}", args[0]);
+    let want = if point.ends_with("after-record") { interrupted } else { interrupted + 1 };
+    assert_eq!(own("interrupted"), want, "{point}: {own_events:#?}");
+    assert!(!h.state_dir().join("pending-event.json").exists(), "{point}: the pending event outlived recovery");
 }
 
 #[cfg(feature = "crash-points")]
@@ -282,8 +292,9 @@ fn every_deploy_crash_point_converges() {
         ("after-restart", "v2", LIVE_V2),
         ("during-checks", "v2", LIVE_V2),
         ("during-bake", "v2", LIVE_V2),
-        // Committed: nothing to recover (the deploy's own history event is lost with the process).
+        // Committed: nothing to recover; the deploy's own event is recovered from its pending copy.
         ("after-commit", "v2", &[]),
+        ("after-record", "v2", &[]),
     ];
     in_pairs(cases, |case| {
         let h = Host::new();
@@ -320,6 +331,7 @@ fn every_rollback_crash_point_converges() {
         ("during-checks", "v1", FINISH_CHECKING),
         ("during-bake", "v1", FINISH_CHECKING),
         ("rollback-after-commit", "v1", &[]),
+        ("after-record", "v1", &[]),
     ];
     in_pairs(cases, |case| {
         let h = Host::new();

@@ -117,25 +117,33 @@ fn a_full_app_root_during_the_unpack_fails_cleanly() {
     assert_settled(&h, "unpack, after freeing space");
 }
 
-/// A full state directory: a deploy must journal its intent before it unpacks, and a pin must save the state; both
-/// fail cleanly, naming the state file, with the app on its release and the old state file intact.
+/// A full state directory: a deploy must journal its intent before it unpacks, and a pin must save the state;
+/// filled just after each saved its pending event, both fail cleanly, naming the state file, with the app on its
+/// release and the old state file intact. A command that finds the disk already full fails before it starts, naming
+/// what it could not save; once there is room, the events of the failed commands are recorded.
+#[cfg(feature = "crash-points")]
 #[test]
 fn a_full_state_dir_fails_the_state_write_cleanly() {
     let h = Host::new();
     let fs = Tmpfs::mount(&h.state_dir(), "512k");
     configure(&h, 3, FAST);
     deploy(&h, "v1", true).expect(0);
-    let state_before = std::fs::read_to_string(h.state_dir().join("state.json")).unwrap();
+    let state_path = h.state_dir().join("state.json");
+    let state_before = std::fs::read_to_string(&state_path).unwrap();
+    let a = archive(&h, "v2", true);
+    let (child, pause) = paused_at(&h, &["deploy", "web", "--file", &a, "--version", "v2"], "after-pending-event");
     let filler = fs.fill();
-    let out = deploy(&h, "v2", true);
-    assert_enospc(&out, "deploy", &h.state_dir().join("state.json"));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait(Duration::from_secs(30));
+    assert_enospc(&out, "deploy", &state_path);
     assert!(out.stderr.contains("saving"), "{out:#?}");
     assert_eq!(assert_complete(&h), "v1");
     assert_eq!(h.release_dirs(), ["v1"], "nothing may be unpacked without a journal");
-    assert_eq!(std::fs::read_to_string(h.state_dir().join("state.json")).unwrap(), state_before);
+    assert_eq!(std::fs::read_to_string(&state_path).unwrap(), state_before);
+
     let out = h.run(&["pin", "web", "v1"]);
-    assert_enospc(&out, "pin", &h.state_dir().join("state.json"));
-    assert_eq!(std::fs::read_to_string(h.state_dir().join("state.json")).unwrap(), state_before);
+    assert_enospc(&out, "pin", &state_path);
+    assert_eq!(std::fs::read_to_string(&state_path).unwrap(), state_before);
     let stray: Vec<String> = std::fs::read_dir(h.state_dir())
         .unwrap()
         .flatten()
@@ -147,6 +155,26 @@ fn a_full_state_dir_fails_the_state_write_cleanly() {
     deploy(&h, "v2", true).expect(0);
     assert_eq!(assert_complete(&h), "v2");
     assert_settled(&h, "state write, after freeing space");
+    // Each command is in history once: the failed ones as failed, or, where the full disk kept them from
+    // appending their outcome, as interrupted (recorded by the next command from their pending copy).
+    let events: Vec<String> = h
+        .history()
+        .iter()
+        .filter(|e| e["op"] != "recover")
+        .map(|e| {
+            let outcome = e["outcome"].as_str().unwrap().replace("interrupted", "failed");
+            format!("{} {} {outcome}", e["op"].as_str().unwrap(), e["version"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(events, ["deploy v1 ok", "deploy v2 failed", "pin v1 failed", "deploy v2 ok"]);
+
+    // Full before a command starts: it fails saving its own event, and nothing else happens.
+    let filler = fs.fill();
+    let out = h.run(&["pin", "web", "v2"]);
+    assert_enospc(&out, "pin", &h.state_dir());
+    assert!(out.stderr.contains("pending-event.json"), "{out:#?}");
+    std::fs::remove_file(filler).unwrap();
+    assert!(state(&h)["pin"].is_null());
 }
 
 /// The state disk fills up while a deploy is paused right after its switch: the journal cannot say that v2 is
@@ -160,21 +188,7 @@ fn a_full_state_dir_right_after_the_switch_switches_back() {
     configure(&h, 3, FAST);
     deploy(&h, "v1", true).expect(0);
     let a = archive(&h, "v2", true);
-    let pause = h.path().join("pause");
-    let child = Command::new(BIN)
-        .args(["--config", h.config.to_str().unwrap(), "deploy", "web", "--file", &a, "--version", "v2"])
-        .env("SWITCHBACK_PAUSE_AT", "after-switch")
-        .env("SWITCHBACK_PAUSE_FILE", &pause)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let child = Child(Some(child));
-    let start = Instant::now();
-    while !pause.exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the deploy never reached its switch");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (child, pause) = paused_at(&h, &["deploy", "web", "--file", &a, "--version", "v2"], "after-switch");
     assert_eq!(h.current().as_deref(), Some("v2"), "paused after the switch");
     let filler = fs.fill();
     std::fs::remove_file(&pause).unwrap();
@@ -193,6 +207,7 @@ fn a_full_state_dir_right_after_the_switch_switches_back() {
 
 /// A full state directory when only history must grow (`prune` with nothing to prune): exit 1 naming the history
 /// file; the write cut short by the full disk is taken back, so after freeing space no event is lost to a torn line.
+#[cfg(feature = "crash-points")]
 #[test]
 fn a_full_state_dir_fails_the_history_append_cleanly() {
     let h = Host::new();
@@ -210,8 +225,10 @@ fn a_full_state_dir_fails_the_history_append_cleanly() {
     let mut f = std::fs::OpenOptions::new().append(true).open(&history).unwrap();
     f.write_all(format!("{}\n", " ".repeat((target - len - 1) as usize)).as_bytes()).unwrap();
     drop(f);
+    let (child, pause) = paused_at(&h, &["prune", "web"], "after-pending-event");
     let filler = fs.fill();
-    let out = h.run(&["prune", "web"]);
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait(Duration::from_secs(30));
     assert_enospc(&out, "history", &history);
     assert_eq!(std::fs::metadata(&history).unwrap().len(), target, "a torn event was left in history");
     assert_eq!(assert_complete(&h), "v1");
@@ -227,7 +244,9 @@ fn a_full_state_dir_fails_the_history_append_cleanly() {
         .iter()
         .map(|e| (e["op"].as_str().unwrap().to_owned(), e["outcome"].as_str().unwrap().to_owned()))
         .collect();
-    let want = [("deploy", "ok"), ("prune", "ok"), ("deploy", "ok")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    // The prune that could not record its outcome is recorded by the next one, as interrupted.
+    let want = [("deploy", "ok"), ("prune", "interrupted"), ("prune", "ok"), ("deploy", "ok")]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(ops, want, "history after the failed append");
     assert_eq!(assert_complete(&h), "v2");
 }
@@ -251,6 +270,29 @@ fn a_torn_history_line_does_not_swallow_the_next_event() {
 
 /// A child process bounded in time: killed (and the test failed) when it overruns; killed on drop.
 struct Child(Option<std::process::Child>);
+
+/// Runs the binary with `args`, paused at crash point `point`: returns once it waits there. Removing the returned
+/// file lets it go on.
+#[cfg(feature = "crash-points")]
+fn paused_at(h: &Host, args: &[&str], point: &str) -> (Child, PathBuf) {
+    let pause = h.path().join(format!("pause-{point}"));
+    let child = Command::new(BIN)
+        .args(["--config", h.config.to_str().unwrap()])
+        .args(args)
+        .env("SWITCHBACK_PAUSE_AT", point)
+        .env("SWITCHBACK_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = Child(Some(child));
+    let start = Instant::now();
+    while !pause.exists() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{args:?} never reached {point}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, pause)
+}
 
 impl Child {
     fn wait(mut self, limit: Duration) -> Out {
