@@ -1,12 +1,32 @@
 //! Running external commands (restart commands, hooks, exec checks) with a timeout. Output goes to a temporary
 //! file, not a pipe: a restart command that leaves a daemon behind must not make us wait for the daemon's end.
 //! On timeout the whole process group is killed.
+//!
+//! While a command runs, `STATE_DIR/APP/running-command.json` names it (pid, start time, argv). If the agent is
+//! killed meanwhile, the command would run on in its own process group and overlap the next restart or hook;
+//! [`kill_leftover`] (called by reconcile, under the app's lock) kills that group, once it has made sure by the
+//! start time that the pid still is the same process.
 
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+const RUNNING: &str = "running-command.json";
+
+/// The command in progress, as [`RUNNING`] records it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Running {
+    pid: i32,
+    /// Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it names one process for good.
+    start_time: u64,
+    argv: Vec<String>,
+    /// The agent that started it.
+    by: u32,
+}
 
 #[derive(Debug)]
 pub struct Finished {
@@ -15,10 +35,16 @@ pub struct Finished {
     pub tail: Vec<String>,
 }
 
-/// Runs `argv` in `cwd` with extra `env`, waiting at most `timeout`. A relative program path with a slash is
-/// taken relative to `cwd`.
-pub fn run(argv: &[String], cwd: &Path, env: &[(String, String)], timeout: Duration) -> anyhow::Result<Finished> {
-    run_at(argv, cwd, env, timeout, None)
+/// Runs `argv` in `cwd` with extra `env`, waiting at most `timeout`; `state_dir` is the app's, where the running
+/// command is recorded. A relative program path with a slash is taken relative to `cwd`.
+pub fn run(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    state_dir: &Path,
+) -> anyhow::Result<Finished> {
+    run_at(argv, cwd, env, timeout, state_dir, None)
 }
 
 /// Like [`run`]; `point` names the crash point reached once the command is running (see [`crate::crashpoint`]).
@@ -27,6 +53,7 @@ pub fn run_at(
     cwd: &Path,
     env: &[(String, String)],
     timeout: Duration,
+    state_dir: &Path,
     point: Option<&str>,
 ) -> anyhow::Result<Finished> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
@@ -48,6 +75,16 @@ pub fn run_at(
         .process_group(0)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
+    let record = state_dir.join(RUNNING);
+    let running = Running {
+        pid: child.id() as i32,
+        start_time: start_time(child.id() as i32),
+        argv: argv.to_vec(),
+        by: std::process::id(),
+    };
+    if let Err(e) = write_running(&record, &running) {
+        tracing::warn!("cannot record the running command in {}: {e}", record.display());
+    }
     if let Some(point) = point {
         crate::crashpoint::hit(point);
     }
@@ -65,6 +102,7 @@ pub fn run_at(
         crate::progress::beat();
         std::thread::sleep(Duration::from_millis(20));
     };
+    let _ = std::fs::remove_file(&record);
     let mut text = String::new();
     out.rewind()?;
     out.take(1 << 20).read_to_string(&mut text).ok();
@@ -79,4 +117,39 @@ pub fn run_at(
         None => (false, format!("timed out after {}", humantime::format_duration(timeout))),
     };
     Ok(Finished { success, status, tail })
+}
+
+/// Replaces the record without syncing it: it only matters while this process lives, and power loss ends the
+/// command too.
+fn write_running(path: &Path, running: &Running) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::write(&tmp, serde_json::to_vec(running)?).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Field 22 of /proc/PID/stat, or 0 if the process is gone. The second field (the name) may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+fn start_time(pid: i32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0)
+}
+
+/// Kills the process group of a command that a killed agent left running in `state_dir`. Returns what it did, for
+/// the recovery's history event; `None` if there was nothing to do.
+pub fn kill_leftover(state_dir: &Path) -> Option<String> {
+    let record = state_dir.join(RUNNING);
+    let running: Option<Running> = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let _ = std::fs::remove_file(&record);
+    let r = running?;
+    if r.start_time == 0 || start_time(r.pid) != r.start_time || r.by == std::process::id() {
+        return None;
+    }
+    let pid = rustix::process::Pid::from_raw(r.pid)?;
+    rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).ok()?;
+    let note = format!("killed `{}` (pid {}), left running by pid {}", r.argv.join(" "), r.pid, r.by);
+    tracing::warn!("{note}");
+    Some(note)
 }

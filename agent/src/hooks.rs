@@ -59,7 +59,7 @@ pub fn run(
     };
     let mut env = app.hook_env(version, previous, release_dir);
     env.push(("SWITCHBACK_HOOK".to_owned(), hook.name().to_owned()));
-    match command::run(&argv, release_dir, &env, app.cfg.hooks.timeout) {
+    match command::run(&argv, release_dir, &env, app.cfg.hooks.timeout, &app.state_dir) {
         Ok(done) if done.success => {
             Ok(Some(HookRun { summary: format!("{} {}", hook.name(), done.status), tail: done.tail }))
         }

@@ -21,7 +21,7 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
     };
     let env = app.hook_env(version, previous, release_dir);
     if let Some(argv) = &svc.restart {
-        let done = command::run_at(argv, release_dir, &env, svc.timeout, Some("during-restart"))
+        let done = command::run_at(argv, release_dir, &env, svc.timeout, &app.state_dir, Some("during-restart"))
             .map_err(|e| format!("restart command: {e:#}"))?;
         if !done.success {
             return Err(format!(
@@ -39,7 +39,7 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
     let unit = svc.unit.clone().unwrap_or_default();
     let verb = if svc.reload { "reload" } else { "restart" };
     let argv = vec!["systemctl".to_owned(), verb.to_owned(), unit.clone()];
-    let done = command::run_at(&argv, release_dir, &[], svc.timeout, Some("during-restart"))
+    let done = command::run_at(&argv, release_dir, &[], svc.timeout, &app.state_dir, Some("during-restart"))
         .map_err(|e| format!("systemctl {verb} {unit}: {e:#}"))?;
     if !done.success {
         return Err(format!("systemctl {verb} {unit}: {} ({})", done.status, done.tail.join(" / ")));

@@ -167,6 +167,12 @@ pub fn leftovers(h: &Host) -> Vec<String> {
     if let Ok(rd) = std::fs::read_dir(h.root()) {
         found.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')));
     }
+    // What a command in progress keeps in the state directory: its pending event, the external command it runs.
+    for name in ["pending-event.json", "running-command.json", "running-command.json.tmp"] {
+        if h.state_dir().join(name).exists() {
+            found.push(name.to_owned());
+        }
+    }
     found
 }
 
@@ -413,6 +419,62 @@ fn every_prune_crash_point_converges() {
     assert_eq!(h.release_dirs(), ["v3", "v4"]);
     assert_eq!(state(&h)["last_good"], "v4");
     deploy_works_after(&h, "prune-mid-remove after a deploy");
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// A real `kill -9` of a deploy waiting for its `before_activate` hook: the hook (a shell and the sleep it
+/// started, in their own process group) would run on and overlap the next deploy's. The next command kills them
+/// and says so.
+#[test]
+fn a_hook_left_running_by_a_killed_agent_is_killed_by_the_next_command() {
+    let h = Host::new();
+    configure(&h, 10, FAST);
+    deploy(&h, "v1", true).expect(0);
+    let (shell, sleeper) = (h.path().join("hook.pid"), h.path().join("sleep.pid"));
+    let hook = format!(
+        "{FAST}\n[apps.web.hooks]\nbefore_activate = [\"sh\", \"-c\", \"echo $$ > {}; sleep 600 & echo $! > {}; wait\"]\n",
+        shell.display(),
+        sleeper.display()
+    );
+    configure(&h, 10, &hook);
+    let a = archive(&h, "v2", true);
+    let mut child = std::process::Command::new(BIN)
+        .args(["--config", h.config.to_str().unwrap(), "deploy", "web", "--file", &a, "--version", "v2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().trim().to_owned();
+    while read(&sleeper).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the hook never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (shell, sleeper) = (read(&shell), read(&sleeper));
+    assert!(alive(&shell) && alive(&sleeper), "the hook should outlive the killed agent (or the test proves nothing)");
+
+    configure(&h, 10, FAST);
+    let out = h.run(&["unpin", "web"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let start = Instant::now();
+    while alive(&shell) || alive(&sleeper) {
+        assert!(start.elapsed() < Duration::from_secs(5), "the hook left running was not killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reason = recover_events(&h).last().unwrap()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("killed `sh -c echo $$ > ") && reason.contains(&format!("(pid {shell})")), "{reason}");
+    assert!(reason.contains("interrupted before the switch; still on v1"), "{reason}");
+    assert_eq!(assert_complete(&h), "v1");
+    assert_settled(&h, "hook left running");
+    deploy(&h, "v2", true).expect(0);
+    assert_eq!(assert_complete(&h), "v2");
 }
 
 /// The reconcile itself killed while it recovers an interrupted deploy: the command after it starts over.
@@ -667,10 +729,16 @@ fn random_kills_always_converge() {
         kills += 1;
         // What the kill interrupted, from the state it left (read after the death, so it is exact).
         let st = state(&h);
-        let left = leftovers(&h);
+        // Leftovers in the release store (staging, trash, a temporary link) get a recover event; the killed
+        // command's pending event is recorded as its own, interrupted.
+        let left: Vec<String> = leftovers(&h).into_iter().filter(|n| n.starts_with('.')).collect();
+        let pending: Option<serde_json::Value> =
+            std::fs::read(h.state_dir().join("pending-event.json")).ok().map(|b| serde_json::from_slice(&b).unwrap());
+        let history_before = h.history().len();
         let label = match st["in_flight"].as_object() {
             Some(f) => format!("{}/{}", f["op"].as_str().unwrap(), f["step"].as_str().unwrap()),
             None if !left.is_empty() => format!("{op:?}/leftovers").to_lowercase(),
+            None if pending.is_some() => format!("{op:?}/committed, not recorded").to_lowercase(),
             None => format!("{op:?}/nothing in flight").to_lowercase(),
         };
         *hits.entry(label.clone()).or_default() += 1;
@@ -684,6 +752,21 @@ fn random_kills_always_converge() {
         };
         let expect: Vec<&str> = expect.iter().map(String::as_str).collect();
         next_command_converges(&h, &what, before, &expect);
+        // A killed command that had begun (its event was pending) is in history exactly once: recorded before the
+        // kill, or recovered as interrupted. One killed before it began has no event.
+        let events = h.history();
+        match &pending {
+            Some(p) => {
+                let same = |e: &&serde_json::Value| {
+                    e["time"] == p["time"] && e["op"] == p["op"] && e["who"]["pid"] == p["who"]["pid"]
+                };
+                assert_eq!(events.iter().filter(same).count(), 1, "{what}: the killed command's event: {p}");
+            }
+            None => {
+                let own: Vec<_> = events[history_before..].iter().filter(|e| e["op"] == args[0]).collect();
+                assert!(own.is_empty(), "{what}: an event for a command that had not begun: {own:#?}");
+            }
+        }
         let (a, v) = fresh(&h, true);
         let out = h.run(&["deploy", "web", "--file", &a, "--version", &v]);
         assert_eq!(out.code, 0, "{what}: the deploy after the kill failed: {out:#?}");
