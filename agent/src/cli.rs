@@ -152,7 +152,7 @@ pub struct PublishArgs {
     /// How long the manifest stays valid
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     expires_in: Duration,
-    /// S3-compatible endpoint (as the app's `endpoint`)
+    /// Endpoint of an S3-compatible or Azure blob service (as the app's `endpoint`)
     #[arg(long)]
     endpoint: Option<String>,
     #[arg(long)]

@@ -1,5 +1,6 @@
-//! Real components for the daemon tests: a Garage S3 server on loopback (installed by `tests/run`), a TCP proxy in
-//! front of it that records requests and can cut a response short, and a running `switchback daemon`.
+//! Real components for the daemon tests: a Garage S3 server and an Azurite blob server on loopback (both installed
+//! by `tests/run`), a TCP proxy in front of one that records requests and can cut a response short, and a running
+//! `switchback daemon`.
 
 #![allow(dead_code)]
 
@@ -167,6 +168,104 @@ impl Garage {
 impl Drop for Garage {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Azurite's well-known development account (public, documented; it only works against the emulator).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// An Azurite blob server (the Azure Storage emulator, installed by `tests/run` with npm) on a free loopback port,
+/// in memory, with one container; stopped on drop.
+pub struct Azurite {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    pub container: String,
+}
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let port = free_port();
+        let bin = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|d| d.join("azurite-blob"))
+            .find(|p| p.is_file())
+            .expect("azurite-blob is not on PATH: run the tests with tests/run, which installs it");
+        // Data stays in memory; the working directory is its own in case it writes anything there.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("azurite.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("starting azurite-blob");
+        let mut az = Azurite { child, _dir: dir, port, container: "releases".to_owned() };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let gone = az.child.try_wait().unwrap().is_some();
+            if gone || start.elapsed() > Duration::from_secs(30) {
+                panic!("azurite did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        az.create_container();
+        az
+    }
+
+    /// The account's endpoint (path style, as the emulator wants it) at `base` (the server, or a proxy before it).
+    pub fn endpoint(base: &str) -> String {
+        format!("{base}/{AZURITE_ACCOUNT}")
+    }
+
+    /// Environment for a process that talks to the server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AZURE_STORAGE_ACCOUNT_NAME".into(), AZURITE_ACCOUNT.into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY".into(), AZURITE_KEY.into()),
+        ]
+    }
+
+    /// Creates the container with a request signed with the account key (object_store does not create
+    /// containers): the Shared Key scheme, HMAC-SHA256 over the canonical request.
+    fn create_container(&self) {
+        use base64::Engine;
+        use hmac::Mac;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        let version = "2021-08-06";
+        let path = format!("/{AZURITE_ACCOUNT}/{}", self.container);
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}{path}\nrestype:container"
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(AZURITE_KEY).unwrap()).unwrap();
+        mac.update(to_sign.as_bytes());
+        let signature = b64.encode(mac.finalize().into_bytes());
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "PUT {path}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\n\
+             Authorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 201"), "creating the container failed: {answer}");
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

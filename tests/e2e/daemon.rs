@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon, Garage, Proxy};
+use crate::bucket::{keygen, publish, release_dir, wait_for, Azurite, Daemon, Garage, Proxy};
 use crate::harness::{Host, Service};
 
 const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
@@ -315,6 +315,56 @@ fn a_manifest_that_expires_while_held_is_not_acted_on() {
     // A newer manifest in date is followed again.
     s.publish("3.0.0", 200);
     s.wait_current("3.0.0");
+    assert_eq!(d.stop(), 0, "log:\n{}", d.log());
+}
+
+/// The same channel protocol against Azure Blob Storage (Azurite): publish, the daemon following it, idle polls
+/// that are one conditional request each, a second release.
+#[test]
+fn follows_a_channel_in_azure_blob_storage() {
+    let az = Azurite::start();
+    let proxy = Proxy::start(az.port);
+    let endpoint = Azurite::endpoint(&proxy.endpoint());
+    let (host, svc) = Service::host_with(
+        |_| {
+            format!(
+                "source = \"az://{}/web\"\nendpoint = \"{endpoint}\"\nallow_http = true\ntrusted_keys = [\"PUBLIC_KEY\"]\n",
+                az.container
+            )
+        },
+        HEALTH,
+        "",
+    );
+    let key = trust_new_key(&host);
+    let env = az.env();
+    let direct = Azurite::endpoint(&format!("http://127.0.0.1:{}", az.port));
+    let base = format!("az://{}", az.container);
+    let publish_version = |v: &str| {
+        let dir = release_dir(&host, v, 200);
+        publish(&host, &env, &base, &key, v, &["--endpoint", &direct, "--allow-http", dir.to_str().unwrap()]).expect(0);
+    };
+    let mut d = Daemon::start(&host, &env);
+    publish_version("1.0.0");
+    wait_for("1.0.0 to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
+    wait_served(&svc, "1.0.0");
+
+    std::thread::sleep(Duration::from_secs(1));
+    let mark = proxy.lines().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let lines: Vec<String> = proxy.lines()[mark..].to_vec();
+    let requests: Vec<&String> = lines.iter().filter(|l| !l.starts_with("HTTP/")).collect();
+    assert!((3..=8).contains(&requests.len()), "{} requests in 3 s: {requests:#?}", requests.len());
+    for r in &requests {
+        assert!(r.starts_with("GET /devstoreaccount1/releases/web/channels/production.json "), "unexpected {r}");
+        assert!(r.to_ascii_lowercase().contains("if-none-match:"), "unconditional poll: {r}");
+    }
+    for l in lines.iter().filter(|l| l.starts_with("HTTP/")) {
+        assert!(l.contains(" 304"), "an idle poll was answered {l}");
+    }
+
+    publish_version("2.0.0");
+    wait_for("2.0.0 to go live", LIVE, || host.current().as_deref() == Some("2.0.0"));
+    wait_served(&svc, "2.0.0");
     assert_eq!(d.stop(), 0, "log:\n{}", d.log());
 }
 
