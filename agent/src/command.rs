@@ -2,10 +2,12 @@
 //! file, not a pipe: a restart command that leaves a daemon behind must not make us wait for the daemon's end.
 //! On timeout the whole process group is killed.
 //!
-//! While a command runs, `STATE_DIR/APP/running-command.json` names it (pid, start time, argv). If the agent is
-//! killed meanwhile, the command would run on in its own process group and overlap the next restart or hook;
-//! [`kill_leftover`] (called by reconcile, under the app's lock) kills that group, once it has made sure by the
-//! start time that the pid still is the same process.
+//! While a command runs, `STATE_DIR/APP/running-command-AGENTPID.json` names it (its pid and start time, its
+//! argv, and the agent's pid and start time; one file per agent process, so a read-only `check` running beside a
+//! deploy does not overwrite the deploy's). If the agent is killed meanwhile, the command would run on in its own
+//! process group and overlap the next restart or hook; [`kill_leftovers`] (called by reconcile, under the app's
+//! lock) kills that group once the agent is gone, after making sure by the start times that neither pid was
+//! reused.
 
 use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
@@ -15,17 +17,18 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-const RUNNING: &str = "running-command.json";
+const RUNNING_PREFIX: &str = "running-command-";
 
-/// The command in progress, as [`RUNNING`] records it.
+/// The command in progress, as `running-command-AGENTPID.json` records it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Running {
     pid: i32,
     /// Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it names one process for good.
     start_time: u64,
     argv: Vec<String>,
-    /// The agent that started it.
-    by: u32,
+    /// The agent that started it, and its start time.
+    by: i32,
+    by_start_time: u64,
 }
 
 #[derive(Debug)]
@@ -75,12 +78,14 @@ pub fn run_at(
         .process_group(0)
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
-    let record = state_dir.join(RUNNING);
+    let me = std::process::id() as i32;
+    let record = state_dir.join(format!("{RUNNING_PREFIX}{me}.json"));
     let running = Running {
         pid: child.id() as i32,
         start_time: start_time(child.id() as i32),
         argv: argv.to_vec(),
-        by: std::process::id(),
+        by: me,
+        by_start_time: start_time(me),
     };
     if let Err(e) = write_running(&record, &running) {
         tracing::warn!("cannot record the running command in {}: {e}", record.display());
@@ -137,19 +142,74 @@ fn start_time(pid: i32) -> u64 {
     stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0)
 }
 
-/// Kills the process group of a command that a killed agent left running in `state_dir`. Returns what it did, for
-/// the recovery's history event; `None` if there was nothing to do.
-pub fn kill_leftover(state_dir: &Path) -> Option<String> {
-    let record = state_dir.join(RUNNING);
-    let running: Option<Running> = std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let _ = std::fs::remove_file(&record);
-    let r = running?;
-    if r.start_time == 0 || start_time(r.pid) != r.start_time || r.by == std::process::id() {
-        return None;
+/// Kills the process group of each command that a killed agent left running in `state_dir`, and forgets the records
+/// of agents that are gone. Returns what it killed, for the recovery's history event.
+pub fn kill_leftovers(state_dir: &Path) -> Vec<String> {
+    let me = std::process::id() as i32;
+    let mut notes = Vec::new();
+    let Ok(rd) = std::fs::read_dir(state_dir) else { return notes };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // running-command-PID.json, or its temporary copy .json.tmp.
+        let Some(by) = name.strip_prefix(RUNNING_PREFIX).and_then(|r| r.split('.').next()?.parse::<i32>().ok()) else {
+            continue;
+        };
+        let running: Option<Running> = std::fs::read(entry.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let agent_alive = match &running {
+            Some(r) => r.by_start_time != 0 && start_time(by) == r.by_start_time,
+            // Half written, or unreadable: the agent's pid alone must do.
+            None => start_time(by) != 0,
+        };
+        if agent_alive && by != me {
+            // Another live agent's command (a `check` run beside this one): not ours to touch.
+            continue;
+        }
+        let _ = std::fs::remove_file(entry.path());
+        let Some(r) = running.filter(|r| by != me && r.start_time != 0 && start_time(r.pid) == r.start_time) else {
+            continue;
+        };
+        let Some(pid) = rustix::process::Pid::from_raw(r.pid) else { continue };
+        if rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok() {
+            let note = format!("killed `{}` (pid {}), left running by pid {by}", r.argv.join(" "), r.pid);
+            tracing::warn!("{note}");
+            notes.push(note);
+        }
     }
-    let pid = rustix::process::Pid::from_raw(r.pid)?;
-    rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).ok()?;
-    let note = format!("killed `{}` (pid {}), left running by pid {}", r.argv.join(" "), r.pid, r.by);
-    tracing::warn!("{note}");
-    Some(note)
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leftover_command_is_killed_only_once_its_agent_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = || Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let (mut agent, mut cmd) = (spawn(), spawn());
+        let (agent_pid, cmd_pid) = (agent.id() as i32, cmd.id() as i32);
+        let record = Running {
+            pid: cmd_pid,
+            start_time: start_time(cmd_pid),
+            argv: vec!["sleep".into(), "30".into()],
+            by: agent_pid,
+            by_start_time: start_time(agent_pid),
+        };
+        let path = dir.path().join(format!("{RUNNING_PREFIX}{agent_pid}.json"));
+        write_running(&path, &record).unwrap();
+
+        assert_eq!(kill_leftovers(dir.path()), Vec::<String>::new(), "the agent is alive: its command is its own");
+        assert!(path.exists() && cmd.try_wait().unwrap().is_none());
+
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        let notes = kill_leftovers(dir.path());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains(&format!("`sleep 30` (pid {cmd_pid}), left running by pid {agent_pid}")),
+            "{notes:?}"
+        );
+        assert!(!path.exists());
+        assert!(cmd.wait().unwrap().code().is_none(), "killed by a signal");
+    }
 }

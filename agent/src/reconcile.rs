@@ -26,7 +26,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
         notes.push(format!("removed leftovers of an interrupted run: {}", removed.join(", ")));
     }
     // Before anything restarts again: a restart command or hook the killed agent was waiting for.
-    notes.extend(crate::command::kill_leftover(&app.state_dir));
+    notes.extend(crate::command::kill_leftovers(&app.state_dir));
     let mut ev = app.event("recover");
     let mut failure = None;
     if let Some(f) = state.in_flight.clone() {

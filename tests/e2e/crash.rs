@@ -168,10 +168,9 @@ pub fn leftovers(h: &Host) -> Vec<String> {
         found.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')));
     }
     // What a command in progress keeps in the state directory: its pending event, the external command it runs.
-    for name in ["pending-event.json", "running-command.json", "running-command.json.tmp"] {
-        if h.state_dir().join(name).exists() {
-            found.push(name.to_owned());
-        }
+    if let Ok(rd) = std::fs::read_dir(h.state_dir()) {
+        let names = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        found.extend(names.filter(|n| n == "pending-event.json" || n.starts_with("running-command-")));
     }
     found
 }
