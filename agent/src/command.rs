@@ -3,7 +3,7 @@
 //! On timeout the whole process group is killed.
 //!
 //! While a command runs, `STATE_DIR/APP/running-command-AGENTPID.json` names it (its pid and start time, its
-//! argv, and the agent's pid and start time; one file per agent process, so a read-only `check` running beside a
+//! argv, and the agent's start time; one file per agent process, so a read-only `check` running beside a
 //! deploy does not overwrite the deploy's). If the agent is killed meanwhile, the command would run on in its own
 //! process group and overlap the next restart or hook; [`kill_leftovers`] (called by reconcile, under the app's
 //! lock) kills that group once the agent is gone, after making sure by the start times that neither pid was
@@ -26,8 +26,7 @@ struct Running {
     /// Field 22 of /proc/PID/stat (clock ticks after boot): with the pid, it names one process for good.
     start_time: u64,
     argv: Vec<String>,
-    /// The agent that started it, and its start time.
-    by: i32,
+    /// The start time of the agent that started it (its pid is in the file's name).
     by_start_time: u64,
 }
 
@@ -84,7 +83,6 @@ pub fn run_at(
         pid: child.id() as i32,
         start_time: start_time(child.id() as i32),
         argv: argv.to_vec(),
-        by: me,
         by_start_time: start_time(me),
     };
     if let Err(e) = write_running(&record, &running) {
@@ -135,11 +133,16 @@ fn write_running(path: &Path, running: &Running) -> std::io::Result<()> {
     written
 }
 
-/// Field 22 of /proc/PID/stat, or 0 if the process is gone. The second field (the name) may hold spaces and
-/// parentheses, so fields are counted after its last `)`.
+/// The fields of /proc/PID/stat after the name (from field 3, the state, on), or `None` if the process is gone.
+/// The name may hold spaces and parentheses, so the fields start after its last `)`.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Field 22 of /proc/PID/stat, or 0 if the process is gone.
 fn start_time(pid: i32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok()).unwrap_or(0)
+    proc_stat(pid).and_then(|f| f.get(19)?.parse().ok()).unwrap_or(0)
 }
 
 /// Kills the process group of each command that a killed agent left running in `state_dir`, and forgets the records
@@ -192,7 +195,6 @@ mod tests {
             pid: cmd_pid,
             start_time: start_time(cmd_pid),
             argv: vec!["sleep".into(), "30".into()],
-            by: agent_pid,
             by_start_time: start_time(agent_pid),
         };
         let path = dir.path().join(format!("{RUNNING_PREFIX}{agent_pid}.json"));

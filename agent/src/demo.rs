@@ -91,8 +91,7 @@ fn stop(pidfile: &Path) -> anyhow::Result<()> {
 /// Whether a process exists and is not a zombie (an exited service whose parent is gone may wait a while to be
 /// reaped, but it no longer holds its port).
 fn alive(pid: rustix::process::Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    crate::command::proc_stat(pid.as_raw_nonzero().get()).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
 }
 
 fn run_service(dir: &Path, port: u16) -> anyhow::Result<()> {

@@ -511,6 +511,14 @@ pub fn keygen(host: &Host, name: &str) -> (PathBuf, String) {
     (prefix.with_extension("key"), pk)
 }
 
+/// Makes a key pair in the host's directory and puts its public key where the config says PUBLIC_KEY.
+pub fn trust_new_key(host: &Host) -> PathBuf {
+    let (key, pk) = keygen(host, "ci");
+    let cfg = std::fs::read_to_string(&host.config).unwrap().replace("PUBLIC_KEY", &pk);
+    std::fs::write(&host.config, cfg).unwrap();
+    key
+}
+
 /// `switchback publish --to BASE --app web --channel production --version V --key KEY EXTRA...` (EXTRA ends with
 /// the directory to pack, unless it promotes).
 pub fn publish(host: &Host, env: &[(String, String)], base: &str, key: &Path, version: &str, extra: &[&str]) -> Out {

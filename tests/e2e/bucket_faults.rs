@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon};
+use crate::bucket::{publish, release_dir, trust_new_key, wait_for, Daemon};
 use crate::harness::{Host, Service};
 
 const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
@@ -184,11 +184,8 @@ impl FaultyHost {
             "",
         );
         let server = FaultyServer::start(host.path().to_owned());
-        let (key, pk) = keygen(&host, "ci");
-        let cfg = std::fs::read_to_string(&host.config)
-            .unwrap()
-            .replace("PUBLIC_KEY", &pk)
-            .replace("PORT", &server.port.to_string());
+        let key = trust_new_key(&host);
+        let cfg = std::fs::read_to_string(&host.config).unwrap().replace("PORT", &server.port.to_string());
         std::fs::write(&host.config, cfg).unwrap();
         let base = format!("file://{}/bucket", host.path().display());
         FaultyHost { host, _svc: svc, server, key, base }
@@ -203,6 +200,14 @@ impl FaultyHost {
         publish(&self.host, &[], &self.base, &self.key, version, &[dir.to_str().unwrap()]).expect(0);
     }
 
+    /// Starts the daemon, publishes `version` and waits until it is live.
+    fn daemon_on(&self, version: &str) -> Daemon {
+        let d = Daemon::start(&self.host, &[]);
+        self.publish(version, &[]);
+        wait_for(version, LIVE, || self.host.current().as_deref() == Some(version));
+        d
+    }
+
     fn last_poll(&self) -> String {
         self.host.run(&["status", "web", "--json"]).json()["apps"][0]["daemon"]["last_poll"]
             .as_str()
@@ -215,13 +220,8 @@ impl FaultyHost {
     fn unchanged(&self, version: &str, on: &str) {
         assert_eq!(self.host.current().as_deref(), Some(on));
         assert!(!self.host.release_dirs().contains(&version.to_owned()), "{version} reached the disk");
-        let leftovers: Vec<String> = std::fs::read_dir(self.host.root().join("releases"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.'))
-            .collect();
-        assert!(leftovers.is_empty(), "staging left over: {leftovers:?}");
+        let dirs = self.host.release_dirs();
+        assert!(!dirs.iter().any(|d| d.starts_with('.')), "staging left over: {dirs:?}");
     }
 
     fn part_sizes(&self) -> Vec<u64> {
@@ -238,9 +238,7 @@ fn noise(n: usize) -> Vec<u8> {
 #[test]
 fn server_errors_change_nothing_and_the_daemon_resumes_when_the_bucket_heals() {
     let f = FaultyHost::new("stall = \"2s\", attempts = 2");
-    let mut d = Daemon::start(&f.host, &[]);
-    f.publish("1.0.0", &[]);
-    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    let mut d = f.daemon_on("1.0.0");
     f.server.set(Fault::Errors);
     f.publish("2.0.0", &[]);
     wait_for("a failed poll", LIVE, || f.last_poll().contains("poll failed"));
@@ -256,9 +254,7 @@ fn server_errors_change_nothing_and_the_daemon_resumes_when_the_bucket_heals() {
 #[test]
 fn a_trickling_download_is_dropped_and_resumed_later_without_activating_partial_bytes() {
     let f = FaultyHost::new("stall = \"1s\", min_rate = \"4KiB\", attempts = 2, deadline = \"20s\"");
-    let mut d = Daemon::start(&f.host, &[]);
-    f.publish("1.0.0", &[]);
-    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    let mut d = f.daemon_on("1.0.0");
     f.server.set(Fault::Trickle(200));
     f.publish("2.0.0", &[("blob.bin", &noise(256 << 10))]);
     wait_for("the slow download to be dropped", LIVE, || d.log().contains("too slow"));
@@ -277,9 +273,7 @@ fn a_trickling_download_is_dropped_and_resumed_later_without_activating_partial_
 #[test]
 fn a_body_larger_than_the_manifest_says_is_refused_and_not_fetched_again() {
     let f = FaultyHost::new("stall = \"2s\"");
-    let mut d = Daemon::start(&f.host, &[]);
-    f.publish("1.0.0", &[]);
-    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    let mut d = f.daemon_on("1.0.0");
     f.server.set(Fault::Oversize(4096));
     f.publish("2.0.0", &[]);
     wait_for("the refusal", LIVE, || d.log().contains("the manifest says"));
@@ -296,9 +290,7 @@ fn a_body_larger_than_the_manifest_says_is_refused_and_not_fetched_again() {
 #[test]
 fn an_endless_body_never_fills_the_disk_and_changes_nothing() {
     let f = FaultyHost::new("stall = \"2s\", attempts = 2, deadline = \"15s\"");
-    let mut d = Daemon::start(&f.host, &[]);
-    f.publish("1.0.0", &[]);
-    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
+    let mut d = f.daemon_on("1.0.0");
     f.server.set(Fault::Endless);
     f.publish("2.0.0", &[]);
     let start = Instant::now();

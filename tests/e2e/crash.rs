@@ -511,15 +511,13 @@ fn a_reconcile_killed_mid_recovery_is_recovered_again() {
 #[cfg(feature = "crash-points")]
 #[test]
 fn the_daemon_killed_after_a_download_converges() {
-    use crate::bucket::{keygen, publish, release_dir, wait_for, Daemon};
+    use crate::bucket::{publish, release_dir, trust_new_key, wait_for, Daemon};
     let (host, _svc) = Service::host_with(
         |h| format!("source = \"file://{}/bucket/web\"\ntrusted_keys = [\"PUBLIC_KEY\"]\n", h.path().display()),
         "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"",
         "",
     );
-    let (key, pk) = keygen(&host, "ci");
-    let cfg = std::fs::read_to_string(&host.config).unwrap().replace("PUBLIC_KEY", &pk);
-    std::fs::write(&host.config, cfg).unwrap();
+    let key = trust_new_key(&host);
     let base = format!("file://{}/bucket", host.path().display());
     let publish_v = |v: &str| {
         let dir = release_dir(&host, v, 200);

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::bucket::{keygen, publish, release_dir, wait_for, Azurite, Daemon, Garage, Proxy};
+use crate::bucket::{keygen, publish, release_dir, trust_new_key, wait_for, Azurite, Daemon, Garage, Proxy};
 use crate::harness::{Host, Service};
 
 const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
@@ -379,14 +379,6 @@ fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
     (host, svc, key, base)
 }
 
-/// Makes a key pair in the host's directory and puts its public key where the config says PUBLIC_KEY.
-fn trust_new_key(host: &Host) -> PathBuf {
-    let (key, pk) = keygen(host, "ci");
-    let cfg = std::fs::read_to_string(&host.config).unwrap().replace("PUBLIC_KEY", &pk);
-    std::fs::write(&host.config, cfg).unwrap();
-    key
-}
-
 fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, health: u16, extra: &[&str]) {
     let dir = release_dir(host, version, health);
     let mut args = extra.to_vec();
@@ -474,13 +466,8 @@ fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
     }
     let mut d = Daemon::start(&host, &[]);
     wait_for("the restarted daemon to deploy 1.0.0", LIVE, || host.current().as_deref() == Some("1.0.0"));
-    let leftovers: Vec<String> = std::fs::read_dir(host.root().join("releases"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let dirs = host.release_dirs();
+    assert!(!dirs.iter().any(|d| d.starts_with('.')), "{dirs:?}");
     assert_eq!(d.stop(), 0);
 }
 

@@ -309,12 +309,7 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let out = c.wait_with_output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        c.wait_with_output().unwrap().into()
     }
 }
 

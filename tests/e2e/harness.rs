@@ -16,6 +16,16 @@ pub struct Out {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Out {
+    fn from(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
 impl Out {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
@@ -79,19 +89,15 @@ impl Host {
     }
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
-        let out = Command::new(BIN)
+        Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .envs(env.iter().copied())
             .env_remove("SWITCHBACK_CONFIG")
             .output()
-            .expect("running switchback");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .expect("running switchback")
+            .into()
     }
 
     /// Writes archive bytes under `DIR/archives/NAME` and returns the path.

@@ -132,7 +132,7 @@ impl Container {
 
     /// Runs a command inside the container (all its namespaces, its root).
     fn exec(&self, argv: &[&str]) -> Out {
-        self.command(argv).output().map(out).expect("running nsenter")
+        self.command(argv).output().map(Out::from).expect("running nsenter")
     }
 
     /// A command to run inside the container; stdio as the caller sets it.
@@ -174,14 +174,6 @@ impl Container {
 
     fn nspawn_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn out(o: std::process::Output) -> Out {
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
 
@@ -285,7 +277,7 @@ impl World {
             .arg(p.join("signing"))
             .env_remove("SWITCHBACK_CONFIG")
             .output()
-            .map(out)
+            .map(Out::from)
             .unwrap();
         assert_eq!(keygen.code, 0, "{keygen:#?}");
         let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
@@ -362,7 +354,7 @@ deadline = "3s"
             .arg(&release)
             .env_remove("SWITCHBACK_CONFIG")
             .output()
-            .map(out)
+            .map(Out::from)
             .unwrap();
         assert_eq!(o.code, 0, "publish {version}: {o:#?}");
     }
