@@ -27,6 +27,14 @@ pub fn go_live(
 ) -> anyhow::Result<Result<String, String>> {
     // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
     let point = |deploy: &'static str, rollback: &'static str| if op == Op::Deploy { deploy } else { rollback };
+    // Nothing changes before the release is known to be the one that was verified (Error::NotVerified).
+    let checked = crate::integrity::check_release(app, target)?;
+    tracing::debug!(
+        "{}: {target} matches its index ({} entries, {} hashed)",
+        app.name,
+        checked.entries,
+        checked.hashed
+    );
     state.begin(op, target, previous.cloned(), Step::Switching);
     app.save_state(state)?;
     crashpoint::hit(point("before-switch", "rollback-before-switch"));
@@ -102,18 +110,32 @@ pub fn fall_back(
 ) -> anyhow::Result<Error> {
     state.mark_bad(failed, reason);
     let on_disk = app.store.on_disk()?;
-    let Some(target) = state.rollback_target(Some(failed), &on_disk) else {
-        let why = format!(
-            "{failed} failed ({reason}) and there is no earlier good release to return to; {failed} stays active"
-        );
-        state.in_flight = None;
-        state.current = app.store.current()?;
-        state.degraded = Some(why.clone());
-        app.save_state(state)?;
-        return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
+    let mut refused = Vec::new();
+    let (target, verdict) = loop {
+        let Some(target) = state.rollback_target(Some(failed), &on_disk) else {
+            let why = format!(
+                "{failed} failed ({reason}) and there is no earlier good release to return to{}; {failed} stays active",
+                refused.iter().map(|r| format!(" ({r})")).collect::<String>()
+            );
+            state.in_flight = None;
+            state.current = app.store.current()?;
+            state.degraded = Some(why.clone());
+            app.save_state(state)?;
+            return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
+        };
+        tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
+        match go_live(app, state, &target, Some(failed), Op::Rollback, tl, ev) {
+            Ok(verdict) => break (target, verdict),
+            // A release that is not what was verified is never run: marked bad, and the next good one is tried.
+            Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::NotVerified { .. })) => {
+                tracing::error!("{}: {e}", app.name);
+                state.mark_bad(&target, &format!("{e}"));
+                refused.push(format!("{e}"));
+            }
+            Err(e) => return Err(e),
+        }
     };
-    tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
-    match go_live(app, state, &target, Some(failed), Op::Rollback, tl, ev)? {
+    match verdict {
         Ok(_) => {
             state.commit(&target);
             app.save_state(state)?;

@@ -19,14 +19,35 @@ pub struct App {
     pub cfg: AppConfig,
     pub store: Store,
     pub state_dir: PathBuf,
+    /// Whom hooks and exec checks run as; `None` is this process's own user (root on a server).
+    pub run_as: Option<Owner>,
+    /// The group that may read `status` and `history` (the state files); `None`: root's alone.
+    pub read_group: Option<rustix::fs::Gid>,
 }
 
 impl App {
     pub fn from_config(config: &Config, name: &str) -> anyhow::Result<App> {
         let cfg = config.app(name)?.clone();
+        // Validated when the configuration was loaded; a user removed since then is still an error, not ignored.
+        let invalid = |key: &str, message: String| crate::error::Error::Usage(format!("apps.{name}.{key}: {message}"));
+        let owner = cfg.owner.as_deref().map(Owner::parse).transpose().map_err(|e| invalid("owner", e))?;
+        let run_as = match cfg.run_as.as_deref() {
+            Some(spec) => Some(Owner::parse(spec).map_err(|e| invalid("run_as", e))?),
+            None => owner,
+        }
+        .filter(|o| o.uid != rustix::process::geteuid());
+        let read_group = config
+            .agent
+            .read_group
+            .as_deref()
+            .map(crate::trust::group)
+            .transpose()
+            .map_err(|e| invalid("read_group", e))?;
         Ok(App {
             name: name.to_owned(),
-            store: Store::new(&cfg.root),
+            store: Store::new(&cfg.root, owner),
+            run_as,
+            read_group,
             cfg,
             state_dir: config.agent.state_dir.join(name),
         })
@@ -40,14 +61,23 @@ impl App {
         self.state_dir.join("history.jsonl")
     }
 
-    pub fn owner(&self) -> Option<Owner> {
-        // Validated when the configuration was loaded.
-        self.cfg.owner.as_deref().and_then(|o| Owner::parse(o).ok())
+    /// Creates `STATE_DIR` and `STATE_DIR/APP` where missing and gives them their modes: root's alone, or also
+    /// readable by the read group. As root, the directories above must be root's alone too.
+    pub fn prepare_state_dir(&self) -> anyhow::Result<()> {
+        let top = self.state_dir.parent().context("the state directory has a parent")?;
+        if crate::trust::running_as_root() {
+            if let Some(above) = top.parent() {
+                std::fs::create_dir_all(above).with_context(|| format!("creating {}", above.display()))?;
+                crate::trust::only_root_can_change(above, "state directory").map_err(anyhow::Error::msg)?;
+            }
+        }
+        crate::trust::private_dir(top, self.read_group)?;
+        crate::trust::private_dir(&self.state_dir, self.read_group)
     }
 
     /// Creates the state directory and takes the app's lock.
     pub fn lock(&self, wait: Duration) -> anyhow::Result<AppLock> {
-        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
+        self.prepare_state_dir()?;
         AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait)
     }
 
@@ -58,7 +88,7 @@ impl App {
         if crate::progress::in_worker() {
             return self.lock(wait);
         }
-        std::fs::create_dir_all(&self.state_dir).with_context(|| format!("creating {}", self.state_dir.display()))?;
+        self.prepare_state_dir()?;
         let path = self.state_dir.join("lock");
         if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO) {
             return Ok(lock);
@@ -68,8 +98,11 @@ impl App {
         };
         let cancel = self.state_dir.join(crate::progress::CANCEL_FILE);
         let who = crate::history::Who::me();
-        std::fs::write(&cancel, format!("`switchback {command}` by {} (pid {})\n", who.describe(), who.pid))
-            .with_context(|| format!("writing {}", cancel.display()))?;
+        crate::fsutil::write_atomic(
+            &cancel,
+            format!("`switchback {command}` by {} (pid {})\n", who.describe(), who.pid).as_bytes(),
+        )
+        .with_context(|| format!("writing {}", cancel.display()))?;
         eprintln!(
             "{}: the daemon (pid {}) is busy ({}); asked it to cancel that, waiting for it",
             self.name, daemon.pid, daemon.activity
@@ -87,11 +120,11 @@ impl App {
     }
 
     pub fn save_state(&self, state: &AppState) -> anyhow::Result<()> {
-        state.save(&self.state_path())
+        state.save(&self.state_path(), self.read_group)
     }
 
     pub fn record(&self, event: &Event) -> anyhow::Result<()> {
-        history::append(&self.history_path(), event)
+        history::append(&self.history_path(), event, self.read_group)
     }
 
     /// The event of the command in progress, written before it changes anything and removed once its outcome is

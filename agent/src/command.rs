@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::owner::Owner;
+
 const RUNNING_PREFIX: &str = "running-command-";
 
 /// The command in progress, as `running-command-AGENTPID.json` records it.
@@ -38,16 +40,25 @@ pub struct Finished {
 }
 
 /// Runs `argv` in `cwd` with extra `env`, waiting at most `timeout`; `state_dir` is the app's, where the running
-/// command is recorded. A relative program path with a slash is taken relative to `cwd`.
+/// command is recorded. A relative program path with a slash is taken relative to `cwd`. With `user`, the command
+/// runs as that user and group, with no supplementary groups.
+///
+/// The command gets a fixed environment, never the agent's own (which may hold the bucket's credentials): `PATH`
+/// (the agent's, or the usual system one), `LANG`, `LC_ALL` and `TZ` when set, `HOME`, `USER` and `LOGNAME` of the
+/// user it runs as, and `env`.
 pub fn run(
     argv: &[String],
     cwd: &Path,
     env: &[(String, String)],
     timeout: Duration,
     state_dir: &Path,
+    user: Option<Owner>,
 ) -> anyhow::Result<Finished> {
-    run_at(argv, cwd, env, timeout, state_dir, None)
+    run_at(argv, cwd, env, timeout, state_dir, user, None)
 }
+
+/// The usual system `PATH`, when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Like [`run`]; `point` names the crash point reached once the command is running (see [`crate::crashpoint`]).
 pub fn run_at(
@@ -56,6 +67,7 @@ pub fn run_at(
     env: &[(String, String)],
     timeout: Duration,
     state_dir: &Path,
+    user: Option<Owner>,
     point: Option<&str>,
 ) -> anyhow::Result<Finished> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
@@ -63,20 +75,34 @@ pub fn run_at(
         if argv[0].contains('/') && !argv[0].starts_with('/') { cwd.join(&argv[0]) } else { argv[0].clone().into() };
     let mut out = tempfile::tempfile()?;
     let start = Instant::now();
-    let mut child = Command::new(&program)
-        .args(&argv[1..])
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv[1..])
         .current_dir(cwd)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        // The daemon's systemd notify socket and watchdog are its own, not the app's.
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out.try_clone()?)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", program.display()))?;
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()));
+    for k in ["LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    let uid = user.map_or_else(rustix::process::geteuid, |u| u.uid);
+    let account = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid.as_raw())).ok().flatten();
+    let name = account.as_ref().map_or_else(|| uid.as_raw().to_string(), |a| a.name.clone());
+    cmd.env("HOME", account.as_ref().map_or_else(|| "/".into(), |a| a.dir.clone()))
+        .env("USER", &name)
+        .env("LOGNAME", &name)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(u) = user {
+        // std drops the supplementary groups (setgroups(0)) before setuid when a uid is given.
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out.try_clone()?).process_group(0).spawn().map_err(
+            |e| {
+                let who = user.map(|_| format!(" as {name}")).unwrap_or_default();
+                anyhow::anyhow!("cannot start {}{who}: {e}", program.display())
+            },
+        )?;
     let me = std::process::id() as i32;
     let record = state_dir.join(format!("{RUNNING_PREFIX}{me}.json"));
     let running = Running {
@@ -126,7 +152,9 @@ pub fn run_at(
 /// command too.
 fn write_running(path: &Path, running: &Running) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let written = std::fs::write(&tmp, serde_json::to_vec(running)?).and_then(|()| std::fs::rename(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    let written =
+        crate::fsutil::write_new(&tmp, &serde_json::to_vec(running)?, 0o600).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

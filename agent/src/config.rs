@@ -28,11 +28,13 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     #[serde(default = "default_poll", deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// A group that may read `status` and `history` (the state files); everything else in STATE_DIR is root's.
+    pub read_group: Option<String>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll() }
+        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None }
     }
 }
 
@@ -62,8 +64,14 @@ pub struct AppConfig {
     /// Paths under `ROOT/shared/` linked into every release.
     #[serde(default)]
     pub shared: Vec<PathBuf>,
-    /// Owner of unpacked files, "USER", "USER:GROUP" or "UID:GID"; root (or the invoking user) when unset.
+    /// The app's user, "USER", "USER:GROUP" or "UID:GID": it owns what it writes under `ROOT/shared/`, and its group
+    /// may read the release (which stays root's: nobody but root can change a verified release).
     pub owner: Option<String>,
+    /// The user hooks and exec checks run as (default: `owner`, or root when there is none); "root" to keep root.
+    pub run_as: Option<String>,
+    /// The longest a manifest may stay valid (`expires` minus now); a manifest asking for longer is refused.
+    #[serde(default = "default_max_lifetime", deserialize_with = "duration")]
+    pub max_manifest_lifetime: Duration,
     #[serde(default)]
     pub limits: Limits,
     pub service: Option<ServiceConfig>,
@@ -200,6 +208,9 @@ pub struct HooksConfig {
     pub after_rollback: Option<Vec<String>>,
     #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Whether hooks shipped in the archive (`.switchback/hooks/NAME`) run; configured hooks always do.
+    #[serde(default = "yes")]
+    pub from_archive: bool,
 }
 
 impl Default for HooksConfig {
@@ -209,6 +220,7 @@ impl Default for HooksConfig {
             after_activate: None,
             after_rollback: None,
             timeout: default_hook_timeout(),
+            from_archive: true,
         }
     }
 }
@@ -274,6 +286,12 @@ fn default_deadline() -> Duration {
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(90 * 86400)
+}
+fn yes() -> bool {
+    true
+}
 fn zero() -> Duration {
     Duration::ZERO
 }
@@ -305,8 +323,16 @@ fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 impl Config {
     /// Reads and validates the file. Every error names the file.
+    /// As root, only a file that nobody but root can change is read (see [`crate::trust`]): a delegated
+    /// `sudo switchback ...` cannot be pointed at a configuration of the caller's own.
     pub fn load(path: &Path) -> Result<Config, Error> {
-        let text = std::fs::read_to_string(path)
+        let real = if crate::trust::running_as_root() {
+            crate::trust::only_root_can_change(path, "configuration")
+                .map_err(|message| Error::Config { path: path.to_owned(), message })?
+        } else {
+            path.to_owned()
+        };
+        let text = std::fs::read_to_string(&real)
             .map_err(|e| Error::Config { path: path.to_owned(), message: format!("cannot read it: {e}") })?;
         Config::parse(&text, path)
     }
@@ -333,6 +359,15 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if !self.agent.state_dir.is_absolute() {
             return Err(format!("agent.state_dir: expected an absolute path, got {}", self.agent.state_dir.display()));
+        }
+        if self.agent.poll_interval < Duration::from_millis(100) {
+            return Err(format!(
+                "agent.poll_interval: expected at least 100ms, got {}",
+                humantime::format_duration(self.agent.poll_interval)
+            ));
+        }
+        if let Some(g) = &self.agent.read_group {
+            crate::trust::group(g).map_err(|e| format!("agent.read_group: {e}"))?;
         }
         let mut roots: BTreeMap<&Path, &str> = BTreeMap::new();
         for (name, app) in &self.apps {
@@ -362,6 +397,11 @@ impl Config {
                         key("shared"),
                         p.display()
                     ));
+                }
+            }
+            for (k, url) in [("source", &app.source), ("endpoint", &app.endpoint)] {
+                if let Some(url) = url {
+                    no_credentials(url).map_err(|e| format!("{}: {e}", key(k)))?;
                 }
             }
             if let Some(src) = &app.source {
@@ -397,6 +437,12 @@ impl Config {
             }
             if let Some(owner) = &app.owner {
                 crate::owner::Owner::parse(owner).map_err(|e| format!("{}: {e}", key("owner")))?;
+            }
+            if let Some(user) = &app.run_as {
+                crate::owner::Owner::parse(user).map_err(|e| format!("{}: {e}", key("run_as")))?;
+            }
+            if app.max_manifest_lifetime.is_zero() {
+                return Err(format!("{}: expected more than 0s", key("max_manifest_lifetime")));
             }
             let l = &app.limits;
             if l.max_entries == 0 || l.max_unpacked == 0 || l.max_path_len == 0 || l.max_depth == 0 {
@@ -465,6 +511,28 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses a URL that carries credentials: a user or password, or a query string (where tokens such as Azure SAS
+/// signatures travel). Switchback never takes credentials from a URL (it would print and store them); they come
+/// from the environment or the instance.
+pub fn no_credentials(url: &str) -> Result<(), String> {
+    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "`{}` carries credentials (user:password@); switchback never reads them from a URL: use the \
+             environment (AWS_*, AZURE_*, GOOGLE_*) or the instance's credentials",
+            crate::redact::url(url)
+        ));
+    }
+    if parsed.query().is_some() {
+        return Err(format!(
+            "`{}` carries a query string, where tokens travel; switchback never reads credentials from a URL: use \
+             the environment (AWS_*, AZURE_*, GOOGLE_*) or the instance's credentials",
+            crate::redact::url(url)
+        ));
+    }
+    Ok(())
 }
 
 pub fn valid_app_name(name: &str) -> bool {

@@ -196,7 +196,7 @@ fn stage_release(
                 std::io::BufReader::with_capacity(64 << 10, file),
                 staging.fd(),
                 &app.cfg.limits,
-                app.owner(),
+                app.store.read_group(),
             )
             .map_err(|source| unpack_failed(archive, &staging, source))
             .map(|r| {
@@ -214,6 +214,9 @@ fn stage_release(
         // The shared links are part of the release: made before the sync, so that they are as durable as the
         // unpacked files when the rename publishes the release (they used to be made after it).
         staging.link_shared(&app.store, &app.cfg.shared)?;
+        // The index describes the finished release (shared links included): what every later check compares with.
+        let index = crate::index::path(&app.state_dir, v.as_str());
+        crate::index::write(staging.fd(), staging.path(), v.as_str(), &report.hashes, &index, app.read_group)?;
         tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
         crashpoint::hit("after-staging-durable");
         staging.commit(&app.store, v)?;

@@ -43,6 +43,12 @@ pub enum Error {
     #[error("version `{version}` of `{app}` is not on disk (on disk: {available})")]
     NotOnDisk { app: String, version: String, available: String },
 
+    #[error(
+        "version `{version}` of `{app}` on disk is not the release that was verified: {detail}; nothing of it runs \
+         until it is removed and deployed again"
+    )]
+    NotVerified { app: String, version: String, detail: String },
+
     #[error("no earlier good release of `{app}` to roll back to")]
     NoRollbackTarget { app: String },
 
@@ -97,6 +103,7 @@ impl Error {
             | Error::MarkedBad { .. }
             | Error::Pinned { .. }
             | Error::NotOnDisk { .. }
+            | Error::NotVerified { .. }
             | Error::NoRollbackTarget { .. }
             | Error::NoSpace { .. }
             | Error::CheckFailed { .. }

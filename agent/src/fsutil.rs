@@ -11,13 +11,20 @@ use anyhow::Context;
 /// The prefix of [`write_atomic`]'s temporary files.
 const TMP_PREFIX: &str = ".tmp-";
 
-/// Replaces `path` with `bytes` atomically and durably.
+/// Replaces `path` with `bytes` atomically and durably. The file is root's alone (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic_shared(path, bytes, None)
+}
+
+/// Like [`write_atomic`], for a file the state directory's read group may read (0640 with that group).
+pub fn write_atomic_shared(path: &Path, bytes: &[u8], group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     let mut tmp = tempfile::Builder::new()
         .prefix(TMP_PREFIX)
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    crate::trust::share(tmp.as_file(), group, false)
+        .with_context(|| format!("setting the mode of {}", tmp.path().display()))?;
     tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
     tmp.as_file().sync_all().with_context(|| format!("syncing {}", tmp.path().display()))?;
     tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
@@ -53,15 +60,18 @@ pub fn fsync_dir(dir: &Path) -> anyhow::Result<()> {
 /// A torn last line (power loss mid-append, or a write cut short by a full disk) must not swallow the next one:
 /// a failed write is cut back off, and a file that still does not end with a newline gets one first, so the torn
 /// fragment stays a line of its own (skipped when reading) instead of gluing onto this event and losing it too.
-pub fn append_line(path: &Path, line: &[u8]) -> anyhow::Result<()> {
+/// The file is root's, readable by `group` when one is given.
+pub fn append_line(path: &Path, line: &[u8], group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
     use std::os::unix::fs::FileExt;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
-        .mode(0o640)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
+    crate::trust::share(&f, group, false).with_context(|| format!("setting the mode of {}", path.display()))?;
     let len = f.metadata().with_context(|| format!("inspecting {}", path.display()))?.len();
     let mut buf = Vec::with_capacity(line.len() + 2);
     let mut last = [0u8; 1];
@@ -82,9 +92,11 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-/// Creates a new file (never replacing one) with `mode`, writes `bytes` and syncs it.
+/// Creates a new file (never replacing one, never through a link) with `mode`, writes `bytes` and syncs it.
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    // create_new fails on any existing name, a dangling link included; the umask may have narrowed `mode`.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     f.write_all(bytes)?;
     f.sync_all()
 }

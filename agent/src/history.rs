@@ -77,9 +77,10 @@ impl Event {
     }
 }
 
-pub fn append(path: &Path, event: &Event) -> anyhow::Result<()> {
+/// Appends `event`; the file is root's, readable by `group` (the state directory's read group) when set.
+pub fn append(path: &Path, event: &Event, group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
     let line = serde_json::to_vec(event).context("serializing a history event")?;
-    fsutil::append_line(path, &line)
+    fsutil::append_line(path, &line, group)
 }
 
 /// Whether `event` (the same command: time, op and pid) is among the events of the last 256 KiB of history.

@@ -18,6 +18,8 @@ pub enum Hook {
 }
 
 impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::BeforeActivate, Hook::AfterActivate, Hook::AfterRollback];
+
     pub fn name(self) -> &'static str {
         match self {
             Hook::BeforeActivate => "before_activate",
@@ -25,6 +27,11 @@ impl Hook {
             Hook::AfterRollback => "after_rollback",
         }
     }
+}
+
+/// Where an archive ships the hook, relative to the release.
+pub fn shipped(hook: Hook) -> String {
+    format!(".switchback/hooks/{}", hook.name())
 }
 
 /// The outcome of a hook that ran.
@@ -49,17 +56,21 @@ pub fn run(
     };
     let argv = match configured {
         Some(argv) => argv.clone(),
+        None if !app.cfg.hooks.from_archive => return Ok(None),
         None => {
-            let shipped = release_dir.join(".switchback/hooks").join(hook.name());
+            let shipped = release_dir.join(shipped(hook));
             match std::fs::symlink_metadata(&shipped) {
                 Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => vec![shipped.display().to_string()],
                 _ => return Ok(None),
             }
         }
     };
+    if let Err(e) = crate::integrity::check_exec(app, version, &argv, release_dir) {
+        return Err((format!("hook {} ({}) not run: {e:#}", hook.name(), argv.join(" ")), Vec::new()));
+    }
     let mut env = app.hook_env(version, previous, release_dir);
     env.push(("SWITCHBACK_HOOK".to_owned(), hook.name().to_owned()));
-    match command::run(&argv, release_dir, &env, app.cfg.hooks.timeout, &app.state_dir) {
+    match command::run(&argv, release_dir, &env, app.cfg.hooks.timeout, &app.state_dir, app.run_as) {
         Ok(done) if done.success => {
             Ok(Some(HookRun { summary: format!("{} {}", hook.name(), done.status), tail: done.tail }))
         }

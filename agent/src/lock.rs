@@ -1,5 +1,6 @@
 //! One writer per app: an exclusive `flock` on `STATE_DIR/APP/lock`. The file itself stays (it is never "stale":
-//! the lock dies with the process that holds it, even after `kill -9`).
+//! the lock dies with the process that holds it, even after `kill -9`). It is root's alone (0600, never opened
+//! through a link): `flock` works on a read-only descriptor, so a file anyone can open is a lock anyone can hold.
 
 use std::fs::File;
 use std::path::Path;
@@ -19,12 +20,16 @@ pub struct AppLock {
 impl AppLock {
     /// Takes the lock, waiting up to `wait`; then fails with [`Error::Busy`].
     pub fn acquire(app: &str, path: &Path, wait: Duration) -> anyhow::Result<AppLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
+        crate::trust::share(&file, None, false).with_context(|| format!("setting the mode of {}", path.display()))?;
         let start = Instant::now();
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {

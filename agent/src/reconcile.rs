@@ -20,6 +20,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
     let before = state.clone();
     let on_disk = app.store.on_disk()?;
     state.releases.retain(|v, _| on_disk.contains(v));
+    crate::index::remove_orphans(&app.state_dir, &on_disk);
     let actual = app.store.current()?;
     let mut notes: Vec<String> = Vec::new();
     if !removed.is_empty() {
@@ -59,7 +60,19 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
                 ev.version = Some(f.version.to_string());
                 ev.previous = f.previous.as_ref().map(ToString::to_string);
                 tl.note(&format!("recovering: {}", notes.last().map(String::as_str).unwrap_or("")));
-                let verdict = activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev)?;
+                let verdict =
+                    match activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev) {
+                        // Live, but no longer what was verified: never restarted as it is; handled like a failed check.
+                        Err(e)
+                            if matches!(
+                                e.downcast_ref::<crate::error::Error>(),
+                                Some(crate::error::Error::NotVerified { .. })
+                            ) =>
+                        {
+                            Err(format!("{e}"))
+                        }
+                        other => other?,
+                    };
                 crate::crashpoint::hit("reconcile-mid-recovery");
                 match verdict {
                     Ok(health) => {

@@ -39,6 +39,7 @@ fn remove(app: &App, state: &mut AppState, keep: usize) -> anyhow::Result<Vec<St
     let mut removed = Vec::new();
     for v in state.prunable(&on_disk, keep) {
         app.store.remove_release(&v)?;
+        let _ = std::fs::remove_file(crate::index::path(&app.state_dir, v.as_str()));
         state.releases.remove(&v);
         app.save_state(state)?;
         crate::crashpoint::hit("prune-mid-remove");

@@ -119,10 +119,11 @@ impl AppState {
         }
     }
 
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    /// Writes the state atomically and durably; readable by `group` (the state directory's read group) when set.
+    pub fn save(&self, path: &Path, group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).context("serializing state")?;
         bytes.push(b'\n');
-        fsutil::write_atomic(path, &bytes).with_context(|| format!("saving {}", path.display()))
+        fsutil::write_atomic_shared(path, &bytes, group).with_context(|| format!("saving {}", path.display()))
     }
 
     pub fn begin(&mut self, op: Op, version: &Version, previous: Option<Version>, step: Step) {
@@ -260,7 +261,7 @@ mod tests {
         let mut s = with_releases(&["1"]);
         s.schema = SCHEMA;
         s.begin(Op::Deploy, &v("1"), None, Step::Unpacking);
-        s.save(&path).unwrap();
+        s.save(&path, None).unwrap();
         assert_eq!(AppState::load(&path).unwrap(), s);
     }
 }

@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
 use crate::fsutil;
+use crate::owner::Owner;
 use crate::version::Version;
 
 pub const STAGING_PREFIX: &str = ".staging-";
@@ -22,11 +23,18 @@ const CURRENT_TMP_PREFIX: &str = ".current.tmp-";
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The app's user: what the agent creates under `shared/` is theirs, and their group may read releases.
+    owner: Option<Owner>,
 }
 
 impl Store {
-    pub fn new(root: &Path) -> Store {
-        Store { root: root.to_owned() }
+    pub fn new(root: &Path, owner: Option<Owner>) -> Store {
+        Store { root: root.to_owned(), owner }
+    }
+
+    /// The group given read access to releases (the app user's), if any.
+    pub fn read_group(&self) -> Option<rustix::fs::Gid> {
+        self.owner.map(|o| o.gid)
     }
 
     pub fn root(&self) -> &Path {
@@ -49,16 +57,25 @@ impl Store {
         self.root.join("shared")
     }
 
-    /// Creates `ROOT`, `ROOT/releases` and `ROOT/shared` if missing.
+    /// Creates `ROOT`, `ROOT/releases` (root's, 0755) and `ROOT/shared` (the app user's) if missing. As root,
+    /// `ROOT` and `ROOT/releases` must be root's alone, and so must every directory above `ROOT`: whoever could
+    /// rename one of them could swap the releases root runs hooks from.
     pub fn prepare(&self) -> anyhow::Result<()> {
-        for d in [self.root.clone(), self.releases_dir(), self.shared_dir()] {
+        let shared_owner = self.owner.map(|o| (o.uid, o.gid));
+        for (d, owner) in [(self.root.clone(), None), (self.releases_dir(), None), (self.shared_dir(), shared_owner)] {
             match std::fs::symlink_metadata(&d) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => bail!("{} exists and is not a directory", d.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                    if let Some(parent) = d.parent() {
+                        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    make_dir(&d, owner)?;
                 }
                 Err(e) => return Err(e).with_context(|| format!("inspecting {}", d.display())),
+            }
+            if owner.is_none() && crate::trust::running_as_root() {
+                crate::trust::only_root_can_change(&d, "app root").map_err(anyhow::Error::msg)?;
             }
         }
         Ok(())
@@ -193,6 +210,54 @@ impl Store {
     }
 }
 
+/// Opens a directory for use as a handle, refusing a link.
+fn open_dir_nofollow(path: &Path) -> anyhow::Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("opening {} (it must be a directory, not a link)", path.display()))
+}
+
+/// The directory `name` below `parent` (shown as `path`), created where missing (mode 0755, given to `owner`);
+/// a link or a file there is refused, never followed.
+fn child_dir(parent: &OwnedFd, name: &OsStr, path: &Path, owner: Option<Owner>, rel: &Path) -> anyhow::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+    let refuse = |e: rustix::io::Errno| {
+        let why = if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR || e == rustix::io::Errno::XDEV {
+            "is a link or not a directory; it is never followed".to_owned()
+        } else {
+            e.to_string()
+        };
+        anyhow::anyhow!("shared path `{}`: {} {why}", rel.display(), path.display())
+    };
+    match crate::unpack::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755))
+                .with_context(|| format!("creating {}", path.display()))?;
+            let fd = crate::unpack::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty())
+                .map_err(|e| refuse(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).with_context(|| format!("chmod {}", path.display()))?;
+            if let Some(o) = owner {
+                rustix::fs::fchown(&fd, Some(o.uid), Some(o.gid))
+                    .with_context(|| format!("giving {} to uid {}", path.display(), o.uid.as_raw()))?;
+            }
+            Ok(fd)
+        }
+        Err(e) => Err(refuse(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))),
+    }
+}
+
+/// Creates one directory with mode 0755 (whatever the umask), given to `owner` when set.
+fn make_dir(path: &Path, owner: Option<(rustix::fs::Uid, rustix::fs::Gid)>) -> anyhow::Result<()> {
+    rustix::fs::mkdir(path, Mode::from_raw_mode(0o755)).with_context(|| format!("creating {}", path.display()))?;
+    let fd = open_dir_nofollow(path)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).with_context(|| format!("chmod {}", path.display()))?;
+    if let Some((uid, gid)) = owner {
+        rustix::fs::fchown(&fd, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to uid {}", path.display(), uid.as_raw()))?;
+    }
+    Ok(())
+}
+
 /// Deletes a directory tree without following links (std's `remove_dir_all` works with directory handles and
 /// `O_NOFOLLOW`), after giving directories back their write bit where a non-root owner needs it.
 pub fn remove_tree(path: &Path) -> anyhow::Result<()> {
@@ -229,30 +294,46 @@ impl Staging {
     }
 
     /// Replaces each `shared` path in the release with a relative symlink to `ROOT/shared/PATH` (created as an
-    /// empty directory when missing). Parents inside the release must be real directories: links are not followed.
+    /// empty directory of the app's user when missing). Everything goes through directory handles opened without
+    /// following links: what the app's user plants in `ROOT/shared` (a link to `/etc`, say) never makes root
+    /// create, chown or write anything outside it, and parents inside the release must be real directories.
     pub fn link_shared(&self, store: &Store, shared: &[PathBuf]) -> anyhow::Result<()> {
+        let shared_dir = store.shared_dir();
+        let top = open_dir_nofollow(&shared_dir)?;
         for rel in shared {
             let comps: Vec<&OsStr> = rel.components().map(|c| c.as_os_str()).collect();
-            let target_in_shared = store.shared_dir().join(rel);
-            if std::fs::symlink_metadata(&target_in_shared).is_err() {
-                std::fs::create_dir_all(&target_in_shared)
-                    .with_context(|| format!("creating {}", target_in_shared.display()))?;
+            let (last, parents) = comps.split_last().context("a shared path has a name")?;
+            // ROOT/shared/PATH: the app user's tree.
+            let mut at = top.try_clone().context("duplicating a directory handle")?;
+            let mut where_ = shared_dir.clone();
+            for c in parents {
+                where_.push(c);
+                at = child_dir(&at, c, &where_, store.owner, rel)?;
             }
-            let mut dir = self.path.clone();
-            for c in &comps[..comps.len() - 1] {
-                dir.push(c);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        bail!("shared path `{}`: {} in the release is not a directory", rel.display(), dir.display())
-                    }
-                    Err(_) => std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?,
+            match rustix::fs::statat(&at, *last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => {}
+                Err(e) if e == rustix::io::Errno::NOENT => {
+                    where_.push(last);
+                    child_dir(&at, last, &where_, store.owner, rel)?;
+                }
+                Err(e) => {
+                    return Err(std::io::Error::from(e)).with_context(|| format!("inspecting {}", where_.display()))
                 }
             }
-            let link = dir.join(comps[comps.len() - 1]);
-            match std::fs::symlink_metadata(&link) {
-                Ok(m) if m.is_dir() => remove_tree(&link)?,
-                Ok(_) => std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?,
+            // The release side: staging is root's, but links are not followed here either.
+            let mut dir = self.fd.try_clone().context("duplicating a directory handle")?;
+            let mut in_release = self.path.clone();
+            for c in parents {
+                in_release.push(c);
+                dir = child_dir(&dir, c, &in_release, None, rel)?;
+            }
+            in_release.push(last);
+            match rustix::fs::statat(&dir, *last, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory => {
+                    remove_tree(&in_release)?
+                }
+                Ok(_) => rustix::fs::unlinkat(&dir, *last, rustix::fs::AtFlags::empty())
+                    .with_context(|| format!("removing {}", in_release.display()))?,
                 Err(_) => {}
             }
             // From releases/V/a/b up to ROOT: one `..` per component of the release path plus two.
@@ -262,8 +343,8 @@ impl Staging {
             }
             target.push("shared");
             target.push(rel);
-            std::os::unix::fs::symlink(&target, &link)
-                .with_context(|| format!("linking {} -> {}", link.display(), target.display()))?;
+            rustix::fs::symlinkat(&target, &dir, *last)
+                .with_context(|| format!("linking {} -> {}", in_release.display(), target.display()))?;
         }
         Ok(())
     }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use serde::Serialize;
+use sha2::Digest;
 use tar::EntryType;
 
 use crate::config::Limits;
-use crate::owner::Owner;
+use rustix::fs::Gid;
 
 /// Why an archive was refused. Messages are lowercase and say what was wrong with the entry.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,9 @@ pub struct Report {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub bytes: u64,
+    /// The sha256 of each regular file written, by inode (hard links share theirs), for the release's index.
+    #[serde(skip)]
+    pub hashes: crate::index::Hashes,
 }
 
 fn display_bytes(b: &[u8]) -> String {
@@ -134,17 +138,21 @@ fn display_bytes(b: &[u8]) -> String {
 }
 
 /// Unpacks a zstd-compressed tar stream into the directory `dir` (normally a fresh, empty staging directory).
+///
+/// Everything unpacked belongs to this process's user (root on a server) and has no write bit: nobody else can
+/// change a release. With `group` (the app user's), the group gets the read and execute bits the archive gave
+/// the owner, so the service can read its code, and nothing more.
 pub fn unpack_tar_zst<R: Read>(
     input: R,
     dir: BorrowedFd<'_>,
     limits: &Limits,
-    owner: Option<Owner>,
+    group: Option<Gid>,
 ) -> Result<Report, UnpackError> {
     let mut decoder =
         zstd::stream::read::Decoder::new(input).map_err(|e| UnpackError::io(None, Refusal::Corrupt, e))?;
     let window_log = 63 - limits.max_window.leading_zeros();
     decoder.window_log_max(window_log).map_err(|e| UnpackError::io(None, Refusal::Corrupt, e))?;
-    unpack_tar(EofWatch { inner: decoder, eof: false }, dir, limits, owner)
+    unpack_tar(EofWatch { inner: decoder, eof: false }, dir, limits, group)
 }
 
 /// Unpacks an uncompressed tar stream. Exposed for tests and for the fuzz target.
@@ -152,13 +160,13 @@ pub fn unpack_tar<R: Read>(
     input: R,
     dir: BorrowedFd<'_>,
     limits: &Limits,
-    owner: Option<Owner>,
+    group: Option<Gid>,
 ) -> Result<Report, UnpackError> {
     let mut input = EofWatch { inner: input, eof: false };
     let mut unpacker = Unpacker {
         tree: Tree::new(dir)?,
         limits,
-        owner,
+        group,
         seen: PathMap::new(),
         symlinks: Vec::new(),
         report: Report::default(),
@@ -324,7 +332,7 @@ impl Pending {
 struct Unpacker<'a> {
     tree: Tree<'a>,
     limits: &'a Limits,
-    owner: Option<Owner>,
+    group: Option<Gid>,
     seen: PathMap,
     symlinks: Vec<(Comps, Vec<u8>)>,
     report: Report,
@@ -499,19 +507,23 @@ impl Unpacker<'_> {
                     open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
                         .map_err(|e| UnpackError::io(here, Refusal::Write, e))?;
                 let mut file = std::fs::File::from(fd);
-                let copied = copy_exact(entry, &mut file, header_size).map_err(|(reading, e)| match reading {
-                    true => stream_error(here, e, self.limits),
-                    false => UnpackError::io(here, Refusal::Write, e),
-                })?;
+                let mut hasher = sha2::Sha256::new();
+                let copied =
+                    copy_exact(entry, &mut file, header_size, &mut hasher).map_err(|(reading, e)| match reading {
+                        true => stream_error(here, e, self.limits),
+                        false => UnpackError::io(here, Refusal::Write, e),
+                    })?;
                 if copied < header_size {
                     return Err(UnpackError::new(here, Refusal::Truncated));
                 }
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(file_mode(mode)))
-                    .map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
-                if let Some(o) = self.owner {
-                    rustix::fs::fchown(&file, Some(o.uid), Some(o.gid))
+                let st = rustix::fs::fstat(&file).map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
+                self.report.hashes.insert(st.st_ino, hasher.finalize().into());
+                if let Some(g) = self.group {
+                    rustix::fs::fchown(&file, None, Some(g))
                         .map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
                 }
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(file_mode(mode, self.group.is_some())))
+                    .map_err(|e| UnpackError::io(here, Refusal::Write, e.into()))?;
                 self.seen.insert(&comps, Node::File);
                 self.report.files += 1;
                 self.report.bytes += header_size;
@@ -549,44 +561,48 @@ impl Unpacker<'_> {
             let dir = self.tree.dir(parent).map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e))?;
             rustix::fs::symlinkat(target.as_slice(), dir, name[0].as_slice())
                 .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
-            if let Some(o) = self.owner {
-                let dir = self.tree.dir(parent).map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e))?;
-                rustix::fs::chownat(dir, name[0].as_slice(), Some(o.uid), Some(o.gid), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
-            }
         }
         // The release root itself (a staging directory made private while it was filled) is readable like any
         // other directory of the release, so a service running as another user can read its code.
-        rustix::fs::fchmod(self.tree.root, Mode::from_raw_mode(0o755))
-            .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
-        if let Some(o) = self.owner {
-            rustix::fs::fchown(self.tree.root, Some(o.uid), Some(o.gid))
+        if let Some(g) = self.group {
+            rustix::fs::fchown(self.tree.root, None, Some(g))
                 .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
         }
+        rustix::fs::fchmod(self.tree.root, Mode::from_raw_mode(0o755))
+            .map_err(|e| UnpackError::io(None, Refusal::Write, e.into()))?;
         let mut dirs = self.seen.dirs();
         dirs.sort();
         for (comps, mode) in &dirs {
             let here = comps.join(&b'/');
             let fd = self.tree.open_dir(comps).map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e))?;
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir_mode(mode.unwrap_or(0o755))))
-                .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
-            if let Some(o) = self.owner {
-                rustix::fs::fchown(&fd, Some(o.uid), Some(o.gid))
+            if let Some(g) = self.group {
+                rustix::fs::fchown(&fd, None, Some(g))
                     .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
             }
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir_mode(mode.unwrap_or(0o755), self.group.is_some())))
+                .map_err(|e| UnpackError::io(Some(&here), Refusal::Write, e.into()))?;
         }
         Ok(self.report)
     }
 }
 
-/// Releases are immutable: files lose every write bit and setuid/setgid/sticky, and stay readable by their owner.
-fn file_mode(mode: u32) -> u32 {
-    (mode & 0o555) | 0o400
+/// Releases are immutable: files lose every write bit and setuid/setgid/sticky, and stay readable by their owner
+/// (root). With a read group, the group gets the owner's read and execute bits.
+fn file_mode(mode: u32, group_reads: bool) -> u32 {
+    with_group((mode & 0o555) | 0o400, group_reads)
 }
 
-/// Directories keep owner write (so the agent can prune as any user) but never group/world write or special bits.
-fn dir_mode(mode: u32) -> u32 {
-    (mode & 0o755) | 0o700
+/// Directories keep owner write (root's, so that it can prune) but never group/world write or special bits.
+fn dir_mode(mode: u32, group_reads: bool) -> u32 {
+    with_group((mode & 0o755) | 0o700, group_reads)
+}
+
+fn with_group(mode: u32, group_reads: bool) -> u32 {
+    if group_reads {
+        mode | ((mode >> 3) & 0o050)
+    } else {
+        mode
+    }
 }
 
 /// Splits an archive path into components: `.` and empty components vanish, `..` and absolute paths are refused.
@@ -711,8 +727,13 @@ fn parse_pax(data: &[u8], pending: &mut Pending, global: bool) -> Result<(), Unp
     Ok(())
 }
 
-/// Copies at most `size` bytes; the error says whether reading (`true`) or writing failed.
-fn copy_exact<R: Read, W: Write>(from: &mut R, to: &mut W, size: u64) -> Result<u64, (bool, io::Error)> {
+/// Copies at most `size` bytes, hashing them; the error says whether reading (`true`) or writing failed.
+fn copy_exact<R: Read, W: Write>(
+    from: &mut R,
+    to: &mut W,
+    size: u64,
+    hasher: &mut sha2::Sha256,
+) -> Result<u64, (bool, io::Error)> {
     let mut buf = vec![0u8; 64 << 10];
     let mut done = 0u64;
     while done < size {
@@ -724,6 +745,7 @@ fn copy_exact<R: Read, W: Write>(from: &mut R, to: &mut W, size: u64) -> Result<
             Err(e) => return Err((true, e)),
         };
         to.write_all(&buf[..n]).map_err(|e| (false, e))?;
+        hasher.update(&buf[..n]);
         done += n as u64;
     }
     Ok(done)
@@ -785,7 +807,7 @@ static OPENAT2: AtomicU8 = AtomicU8::new(0);
 
 /// Opens one path component below `dir`: never following a link, and with `openat2(RESOLVE_BENEATH)` where the
 /// kernel has it, so that even a bug here could not resolve outside `dir`.
-fn open_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+pub(crate) fn open_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if OPENAT2.load(Ordering::Relaxed) != 2 {
         let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
@@ -865,10 +887,15 @@ mod tests {
 
     #[test]
     fn modes_are_sanitized() {
-        assert_eq!(file_mode(0o4777), 0o555);
-        assert_eq!(file_mode(0o2644), 0o444);
-        assert_eq!(file_mode(0o000), 0o400);
-        assert_eq!(dir_mode(0o1777), 0o755);
-        assert_eq!(dir_mode(0o500), 0o700);
+        assert_eq!(file_mode(0o4777, false), 0o555);
+        assert_eq!(file_mode(0o2644, false), 0o444);
+        assert_eq!(file_mode(0o000, false), 0o400);
+        assert_eq!(dir_mode(0o1777, false), 0o755);
+        assert_eq!(dir_mode(0o500, false), 0o700);
+        // The app's group reads what the archive let its owner read, and never writes.
+        assert_eq!(file_mode(0o600, true), 0o440);
+        assert_eq!(file_mode(0o700, true), 0o550);
+        assert_eq!(file_mode(0o604, true), 0o444);
+        assert_eq!(dir_mode(0o700, true), 0o750);
     }
 }
