@@ -29,8 +29,9 @@ const EXIT_CODES: &str = "Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "switchback", version, about = "Atomic releases with health checks and automatic rollback", after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Configuration file [default: /etc/switchback/switchback.toml]
-    #[arg(long, global = true, env = "SWITCHBACK_CONFIG", value_name = "FILE")]
+    /// Configuration file [default: /etc/switchback/switchback.toml]; before the command (as root, it must be
+    /// root's alone)
+    #[arg(long, env = "SWITCHBACK_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print one JSON document (versioned schema) on stdout instead of text
     #[arg(long, global = true)]

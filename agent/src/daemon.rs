@@ -63,6 +63,8 @@ struct Handle {
 
 pub fn run(config_path: &Path) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
+    let group = config.agent.read_group.as_deref().map(crate::trust::group).transpose().map_err(Error::Usage)?;
+    let _one = crate::lock::daemon_lock(&config.agent.state_dir, group)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let code = rt.block_on(serve(config_path.to_owned(), config));
     // A worker given up on at shutdown (stuck) must not keep the process alive.

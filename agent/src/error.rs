@@ -22,6 +22,12 @@ pub enum Error {
     #[error("app `{app}` is busy: another switchback process held its lock for {waited_secs}s (lock file {path})")]
     Busy { app: String, path: PathBuf, waited_secs: u64 },
 
+    #[error(
+        "another switchback daemon (pid {pid}) already runs on the state directory {}; one daemon per state \
+         directory", state_dir.display()
+    )]
+    DaemonRunning { state_dir: PathBuf, pid: String },
+
     #[error("refused archive {archive}")]
     ArchiveRefused {
         archive: PathBuf,
@@ -95,7 +101,7 @@ impl Error {
             Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion { .. } | Error::Usage(_) => {
                 exit::USAGE
             }
-            Error::Busy { .. } => exit::BUSY,
+            Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
             Error::RolledBack { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
             Error::ArchiveRefused { .. }

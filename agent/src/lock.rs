@@ -11,6 +11,44 @@ use rustix::fs::FlockOperation;
 
 use crate::error::Error;
 
+/// The daemon's own lock, `STATE_DIR/daemon.lock`, holding its pid: one daemon per state directory. A second one
+/// fails at once with [`Error::DaemonRunning`] naming the first.
+pub fn daemon_lock(state_dir: &Path, group: Option<rustix::fs::Gid>) -> anyhow::Result<AppLock> {
+    use std::io::{Read, Seek, Write};
+    crate::trust::private_dir(state_dir, group)?;
+    let path = state_dir.join("daemon.lock");
+    let mut file = open_lock(&path)?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = if pid.trim().is_empty() { "unknown".to_owned() } else { pid.trim().to_owned() };
+            return Err(Error::DaemonRunning { state_dir: state_dir.to_owned(), pid }.into());
+        }
+        Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display())),
+    }
+    file.set_len(0).and_then(|()| file.rewind()).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{}", std::process::id()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(AppLock { _file: file })
+}
+
+/// Opens (creating) a lock file: 0600, never through a link.
+fn open_lock(path: &Path) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    crate::trust::share(&file, None, false).with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(file)
+}
+
 /// Held for as long as the value lives.
 #[derive(Debug)]
 pub struct AppLock {
@@ -20,16 +58,7 @@ pub struct AppLock {
 impl AppLock {
     /// Takes the lock, waiting up to `wait`; then fails with [`Error::Busy`].
     pub fn acquire(app: &str, path: &Path, wait: Duration) -> anyhow::Result<AppLock> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        crate::trust::share(&file, None, false).with_context(|| format!("setting the mode of {}", path.display()))?;
+        let file = open_lock(path)?;
         let start = Instant::now();
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
