@@ -248,7 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     &app,
                     &crate::deploy::DeployRequest {
                         archive: Some(file.clone()),
-                        expected_sha256: None,
+                        expected: None,
                         version: v,
                         force: *force,
                         reason: reason.clone(),

@@ -239,6 +239,7 @@ fn status_line(handles: &BTreeMap<String, Handle>) -> String {
     handles.values().map(|h| format!("{} {}", h.worker.app, h.worker.activity())).collect::<Vec<_>>().join("; ")
 }
 
+/// Writes each app's `daemon.json` that changed, on the blocking pool (the async thread never waits on a disk).
 fn write_infos(handles: &mut BTreeMap<String, Handle>) {
     for h in handles.values_mut() {
         let now = (h.worker.activity(), h.worker.poll());
@@ -246,19 +247,22 @@ fn write_infos(handles: &mut BTreeMap<String, Handle>) {
             continue;
         }
         let path = h.worker_info_path();
+        let group = h.cfg.borrow().0.read_group;
         let info = DaemonInfo {
             pid: std::process::id(),
             activity: now.0.clone(),
             last_poll: now.1.clone(),
             updated_at: fsutil::now_rfc3339(),
         };
-        let written = serde_json::to_vec_pretty(&info)
-            .map_err(anyhow::Error::from)
-            .and_then(|bytes| fsutil::write_atomic(&path, &bytes));
-        match written {
-            Ok(()) => h.written = Some(now),
-            Err(e) => tracing::debug!("{}: {e:#}", path.display()),
-        }
+        h.written = Some(now);
+        tokio::task::spawn_blocking(move || {
+            let written = serde_json::to_vec_pretty(&info)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| fsutil::write_atomic_shared(&path, &bytes, group));
+            if let Err(e) = written {
+                tracing::debug!("{}: {e:#}", path.display());
+            }
+        });
     }
 }
 
@@ -385,7 +389,8 @@ enum Converged {
 /// Brings the app to what its accepted manifest names, unless that version is bad, the app is pinned elsewhere,
 /// or its artifact was refused.
 async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) -> Converged {
-    let state = match app.load_state() {
+    let a = app.clone();
+    let (state, on_disk) = match blocking(worker, move || Ok((a.load_state()?, a.store.on_disk()?))).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{}: {e:#}", app.name);
@@ -431,11 +436,11 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         return Settled;
     }
     mem.held.clear();
-    let on_disk = app.store.on_disk().unwrap_or_default();
     let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
     let archive = if have {
         // An artifact left from a deploy a shutdown interrupted is not needed any more.
-        let _ = std::fs::remove_file(pull::downloads_dir(app).join(format!("{}.tar.zst", want.sha256)));
+        let left = pull::downloads_dir(app).join(format!("{}.tar.zst", want.sha256));
+        let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
         None
     } else {
         worker.set_activity(format!("on {current}; downloading {v}"));
@@ -458,7 +463,7 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     worker.set_activity(format!("deploying {v}"));
     let req = DeployRequest {
         archive: archive.clone(),
-        expected_sha256: Some(want.sha256.clone()),
+        expected: Some(deploy::Promise { sha256: want.sha256.clone(), size: want.size }),
         version: v.clone(),
         force: false,
         reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
@@ -470,7 +475,12 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         Err(e) => {
             let refused = matches!(
                 e.downcast_ref::<Error>(),
-                Some(Error::ArchiveRefused { .. } | Error::ArtifactMismatch { .. } | Error::VersionConflict { .. })
+                Some(
+                    Error::ArchiveRefused { .. }
+                        | Error::ArtifactMismatch { .. }
+                        | Error::ArtifactRefused { .. }
+                        | Error::VersionConflict { .. }
+                )
             );
             if refused {
                 mem.refused.insert(key);
@@ -478,17 +488,22 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
             tracing::warn!("{}: deploy of {v}: {e:#}", app.name);
         }
     }
-    worker.clear_cancel();
     // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
     // the release was on disk); a release on disk never needs its artifact again.
-    let unused = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }))
-        || (progress::shutting_down() && !app.store.on_disk().unwrap_or_default().contains(&v));
-    if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(app))) {
-        if !unused {
-            let _ = std::fs::remove_file(p);
+    let busy = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }));
+    let (a, w, v2) = (app.clone(), worker.clone(), v.clone());
+    let after = blocking(worker, move || {
+        w.clear_cancel();
+        let unused = busy || (progress::shutting_down() && !a.store.on_disk().unwrap_or_default().contains(&v2));
+        if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(&a))) {
+            if !unused {
+                let _ = std::fs::remove_file(p);
+            }
         }
-    }
-    let state = app.load_state().unwrap_or_default();
+        Ok((unused, a.load_state().unwrap_or_default()))
+    })
+    .await;
+    let (unused, state) = after.unwrap_or_default();
     let now = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
     worker.set_activity(match result {
         Ok(_) => format!("on {now} healthy"),
@@ -525,11 +540,28 @@ fn watch_inbox(app: &str, dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::Re
     Some(w)
 }
 
-/// Handles complete drops in the inbox: `NAME.json`, `NAME.json.minisig` and the archive the manifest names.
-/// Each is accepted like a channel manifest, deployed, then removed; a refused manifest is renamed
-/// `NAME.json.refused` (and stays, for a person to look at).
-async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) {
-    let Ok(read) = std::fs::read_dir(dir) else { return };
+/// A complete drop found in the inbox: the manifest and its signature read (nothing of them trusted yet).
+struct Drop {
+    manifest: PathBuf,
+    sig_path: PathBuf,
+    bytes: Vec<u8>,
+    sig: String,
+    artifact: Option<PathBuf>,
+}
+
+/// What a look at the inbox found: complete drops, and files that can never be a drop (set aside).
+#[derive(Default)]
+struct InboxScan {
+    drops: Vec<Drop>,
+    set_aside: Vec<(PathBuf, String)>,
+}
+
+/// Lists the inbox and reads each drop's manifest and signature. Blocking (runs off the async thread); every file
+/// is opened without following links and without blocking, regular files only, at most [`fsutil::SMALL_MAX`]
+/// bytes: a FIFO, a link to /dev/zero or a huge file in the inbox is set aside, never waited on or read whole.
+fn look_at_inbox(dir: &Path) -> InboxScan {
+    let mut scan = InboxScan::default();
+    let Ok(read) = std::fs::read_dir(dir) else { return scan };
     let mut manifests: Vec<PathBuf> = read
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -542,17 +574,63 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
         let mut sig_path = m.clone().into_os_string();
         sig_path.push(".minisig");
         let sig_path = PathBuf::from(sig_path);
-        let (Ok(bytes), Ok(sig)) = (std::fs::read(&m), std::fs::read_to_string(&sig_path)) else { continue };
+        let bytes = match fsutil::read_small(&m) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(why) => {
+                scan.set_aside.push((m, why));
+                continue;
+            }
+        };
+        let sig = match fsutil::read_small(&sig_path) {
+            Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            // Not there yet: the drop is incomplete.
+            Ok(None) => continue,
+            Err(why) => {
+                scan.set_aside.push((m, format!("its signature {}: {why}", sig_path.display())));
+                continue;
+            }
+        };
         // Only to see whether the archive has arrived yet; nothing of it is trusted before the signature.
         let artifact = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("artifact").and_then(|a| a.as_str()).map(str::to_owned))
             .and_then(|a| Path::new(&a).file_name().map(|n| dir.join(n)));
-        if artifact.as_ref().is_some_and(|a| !a.exists()) {
+        if artifact.as_ref().is_some_and(|a| std::fs::symlink_metadata(a).is_err()) {
             continue;
         }
+        scan.drops.push(Drop { manifest: m, sig_path, bytes, sig, artifact });
+    }
+    scan
+}
+
+/// Renames an inbox file `NAME.refused`, for a person to look at; the worker never looks at it again.
+fn set_aside(m: &Path) {
+    let mut refused = m.to_path_buf().into_os_string();
+    refused.push(".refused");
+    let _ = std::fs::rename(m, &refused);
+}
+
+/// Handles complete drops in the inbox: `NAME.json`, `NAME.json.minisig` and the archive the manifest names.
+/// Each is accepted like a channel manifest, deployed, then removed; a refused manifest is renamed
+/// `NAME.json.refused` (and stays, for a person to look at). No file of the inbox is touched on the async thread.
+async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) {
+    let d = dir.to_owned();
+    let Ok(scan) = blocking(worker, move || Ok(look_at_inbox(&d))).await else { return };
+    for (m, why) in scan.set_aside {
+        tracing::warn!("{}: inbox: {} set aside: {why}", app.name, m.display());
+        let m2 = m.clone();
+        let _ = blocking(worker, move || {
+            set_aside(&m2);
+            Ok(())
+        })
+        .await;
+        worker.set_poll(format!("{} inbox: refused {}: {why}", fsutil::now_rfc3339(), m.display()));
+    }
+    for drop in scan.drops {
+        let m = drop.manifest.clone();
         let from = format!("{}{}", pull::INBOX_PREFIX, m.display());
-        let (a, b, s, f) = (app.clone(), bytes.clone(), sig.clone(), from.clone());
+        let (a, b, s, f) = (app.clone(), drop.bytes, drop.sig, from.clone());
         let verdict = blocking(worker, move || Ok(pull::accept_under_lock(&a, &b, &s, &f))).await;
         // A drop leaves the inbox once what it asks for is settled: deployed, rolled back, or refused for good; a
         // busy app or a pin keeps it for the next scan.
@@ -560,9 +638,12 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
             Ok(Ok(Polled::Accepted { .. })) => converge(app, src, worker, mem).await == Converged::Settled,
             Ok(Ok(_)) => true,
             Ok(Err(pull::AcceptError::Refused(r))) => {
-                let mut refused = m.clone().into_os_string();
-                refused.push(".refused");
-                let _ = std::fs::rename(&m, &refused);
+                let m2 = m.clone();
+                let _ = blocking(worker, move || {
+                    set_aside(&m2);
+                    Ok(())
+                })
+                .await;
                 worker.set_poll(format!("{} inbox: refused {}: {}", fsutil::now_rfc3339(), m.display(), r.reason));
                 false
             }
@@ -572,9 +653,15 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
             }
         };
         if done {
-            for p in [Some(m.clone()), Some(sig_path), artifact].into_iter().flatten() {
-                let _ = std::fs::remove_file(p);
-            }
+            let files: Vec<PathBuf> =
+                [Some(m.clone()), Some(drop.sig_path), drop.artifact].into_iter().flatten().collect();
+            let _ = blocking(worker, move || {
+                for p in files {
+                    let _ = std::fs::remove_file(p);
+                }
+                Ok(())
+            })
+            .await;
             worker.set_poll(format!("{} inbox: took {}", fsutil::now_rfc3339(), m.display()));
         }
     }

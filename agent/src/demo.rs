@@ -231,7 +231,7 @@ bake = "1s"
         println!("{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp());
         let req = crate::deploy::DeployRequest {
             archive: Some(dir.join(format!("{v}.tar.zst"))),
-            expected_sha256: None,
+            expected: None,
             version: Version::parse(v)?,
             force: false,
             reason: Some("demo".into()),

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::activate;
 use crate::app::App;
+use crate::artifact::Artifact;
 use crate::crashpoint;
 use crate::error::Error;
 use crate::history::Timing;
@@ -28,11 +29,18 @@ use crate::version::Version;
 pub struct DeployRequest {
     /// The archive; `None` deploys a release already on disk (no network, no unpack).
     pub archive: Option<PathBuf>,
-    /// The sha256 a signed manifest promised for this version, if one did.
-    pub expected_sha256: Option<String>,
+    /// What a signed manifest promised for this version's artifact, if one did.
+    pub expected: Option<Promise>,
     pub version: Version,
     pub force: bool,
     pub reason: Option<String>,
+}
+
+/// The sha256 and size a signed manifest gives for an artifact.
+#[derive(Debug, Clone)]
+pub struct Promise {
+    pub sha256: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,20 +88,32 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             }
         }
         let on_disk = app.store.on_disk()?;
-        let (sha, size) = match &req.archive {
-            Some(archive) => tl.step("verify", || {
-                sha256_file(archive).map(|(s, n)| ((s.clone(), n), Some(format!("sha256 {}", &s[..16]))))
-            })?,
+        // The artifact is opened once, here: hashed, checked and unpacked from that one descriptor.
+        let mut artifact = match &req.archive {
+            Some(path) => Some(tl.step("verify", || {
+                let max = req.expected.as_ref().map(|p| p.size);
+                crate::artifact::Artifact::open(path, &crate::pull::downloads_dir(app), max).map(|a| {
+                    let d = format!("sha256 {}", &a.sha256[..16]);
+                    (a, Some(d))
+                })
+            })?),
+            None => None,
+        };
+        let (sha, size) = match &artifact {
+            Some(a) => (a.sha256.clone(), a.size),
             None => match state.releases.get(v) {
                 Some(rec) if on_disk.contains(v) => (rec.sha256.clone(), rec.size),
                 _ => return Err(Error::not_on_disk(&app.name, v, &on_disk).into()),
             },
         };
-        if let Some(want) = &req.expected_sha256 {
-            if *want != sha {
+        if let Some(want) = &req.expected {
+            if want.sha256 != sha || (artifact.is_some() && want.size != size) {
                 return Err(Error::ArtifactMismatch {
                     artifact: req.archive.as_ref().map_or(format!("release {v} on disk"), |a| a.display().to_string()),
-                    reason: format!("sha256 is {sha}, the manifest says {want}"),
+                    reason: format!(
+                        "sha256 is {sha} ({size} bytes), the manifest says {} ({} bytes)",
+                        want.sha256, want.size
+                    ),
                 }
                 .into());
             }
@@ -132,9 +152,10 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             });
         }
         if !on_disk.contains(v) {
-            let archive = req.archive.as_deref().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
-            stage_release(app, &mut state, archive, v, &sha, size, previous.as_ref(), tl)?;
+            let archive = artifact.as_mut().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
+            stage_release(app, &mut state, archive, v, previous.as_ref(), tl)?;
         }
+        drop(artifact);
         if let Some(crate::progress::Interrupt::Cancel(why)) = crate::progress::interrupted() {
             anyhow::bail!("cancelled before the switch by an operator's request ({why}); nothing was activated");
         }
@@ -171,26 +192,24 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
 
 /// Unpacks the archive into a staging directory and renames it to `releases/V`. On any error the staging
 /// directory is removed and the journal cleared: nothing visible changed.
-#[allow(clippy::too_many_arguments)]
 fn stage_release(
     app: &App,
     state: &mut crate::state::AppState,
-    archive: &Path,
+    artifact: &mut Artifact,
     v: &Version,
-    sha: &str,
-    size: u64,
     previous: Option<&Version>,
     tl: &mut Timeline,
 ) -> anyhow::Result<()> {
-    preflight_space(app, archive, size)?;
+    preflight_space(app, artifact)?;
     // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
     // reconcile drops records of releases that never made it to disk.
-    state.record_release(v, sha, size);
+    state.record_release(v, &artifact.sha256, artifact.size);
     state.begin(Op::Deploy, v, previous.cloned(), Step::Unpacking);
     app.save_state(state)?;
+    let archive = artifact.shown.clone();
     let result = (|| -> anyhow::Result<()> {
         let staging = app.store.stage(v)?;
-        let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+        let file = artifact.reader()?;
         let report = tl.step("unpack", || {
             unpack::unpack_tar_zst(
                 std::io::BufReader::with_capacity(64 << 10, file),
@@ -198,7 +217,7 @@ fn stage_release(
                 &app.cfg.limits,
                 app.store.read_group(),
             )
-            .map_err(|source| unpack_failed(archive, &staging, source))
+            .map_err(|source| unpack_failed(&archive, &staging, source))
             .map(|r| {
                 let d = format!(
                     "{} files, {} dirs, {} links, {}",
@@ -251,11 +270,10 @@ fn unpack_failed(archive: &Path, staging: &crate::store::Staging, source: unpack
 
 /// Refuses early when the filesystem cannot hold the release plus the configured reserve. The unpacked size is
 /// the zstd frame's declared content size when the archive has one, else the archive size (a lower bound).
-fn preflight_space(app: &App, archive: &Path, archive_size: u64) -> anyhow::Result<()> {
-    let mut head = [0u8; 18];
-    let n = File::open(archive).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    let declared = zstd::zstd_safe::get_frame_content_size(&head[..n]).ok().flatten();
-    let estimate = declared.unwrap_or(archive_size).min(app.cfg.limits.max_unpacked);
+fn preflight_space(app: &App, artifact: &Artifact) -> anyhow::Result<()> {
+    let head = artifact.head(18);
+    let declared = zstd::zstd_safe::get_frame_content_size(&head).ok().flatten();
+    let estimate = declared.unwrap_or(artifact.size).min(app.cfg.limits.max_unpacked);
     let needed = estimate.saturating_add(app.cfg.limits.reserve);
     let available = app.store.free_space()?;
     if available < needed {

@@ -75,6 +75,9 @@ pub enum Error {
     #[error("the work on `{app}` was interrupted by the daemon's shutdown during {step}; the next start finishes it")]
     Interrupted { app: String, step: String },
 
+    #[error("refused artifact {}: {reason}", artifact.display())]
+    ArtifactRefused { artifact: PathBuf, reason: String },
+
     #[error("artifact {artifact} does not match its manifest: {reason}")]
     ArtifactMismatch { artifact: String, reason: String },
 
@@ -115,6 +118,7 @@ impl Error {
             | Error::CheckFailed { .. }
             | Error::Interrupted { .. }
             | Error::ArtifactMismatch { .. }
+            | Error::ArtifactRefused { .. }
             | Error::ManifestRefused { .. }
             | Error::Source { .. } => exit::FAILED,
         }

@@ -100,3 +100,32 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()
 }
+
+/// Largest small file (a manifest, a signature) [`read_small`] reads.
+pub const SMALL_MAX: u64 = 64 << 10;
+
+/// Reads a small file that someone else may have put there (an inbox drop): opened without following a link and
+/// without blocking, a regular file only, at most [`SMALL_MAX`] bytes. `Ok(None)`: it does not exist; `Err`: why
+/// it can never be read as a small file.
+pub fn read_small(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) if e == rustix::io::Errno::NOENT => return Ok(None),
+        Err(e) if e == rustix::io::Errno::LOOP => return Err("it is a symlink, and links are never followed".into()),
+        Err(e) => return Err(format!("cannot open it: {e}")),
+    };
+    let st = rustix::fs::fstat(&fd).map_err(|e| format!("cannot inspect it: {e}"))?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(format!("it is a {kind:?}, not a regular file").to_lowercase());
+    }
+    let mut bytes = Vec::new();
+    File::from(fd).take(SMALL_MAX + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > SMALL_MAX {
+        return Err(format!("it is larger than {SMALL_MAX} bytes"));
+    }
+    Ok(Some(bytes))
+}

@@ -11,6 +11,7 @@ pub mod version;
 
 mod activate;
 mod app;
+mod artifact;
 mod command;
 mod crashpoint;
 mod daemon;

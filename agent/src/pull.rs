@@ -145,8 +145,7 @@ pub fn deploy_version(
     wait: Duration,
     print: bool,
 ) -> anyhow::Result<crate::deploy::DeployOutcome> {
-    let mut req =
-        crate::deploy::DeployRequest { archive: None, expected_sha256: None, version: v.clone(), force, reason };
+    let mut req = crate::deploy::DeployRequest { archive: None, expected: None, version: v.clone(), force, reason };
     let state = app.load_state()?;
     if app.store.on_disk()?.contains(v) && state.releases.contains_key(v) {
         return crate::deploy::deploy(app, &req, wait, print);
@@ -172,7 +171,7 @@ pub fn deploy_version(
         match state.channel {
             Some(c) if c.version == *v => {
                 let path = fetch_artifact(app, Some(&src), &c).await?;
-                anyhow::Ok((path, c.sha256))
+                anyhow::Ok((path, crate::deploy::Promise { sha256: c.sha256, size: c.size }))
             }
             other => Err(Error::Usage(format!(
                 "`{v}` is not on disk, and the signed manifest of channel `{}` names {}; only a version named by \
@@ -184,7 +183,7 @@ pub fn deploy_version(
         }
     })?;
     req.archive = Some(path.clone());
-    req.expected_sha256 = Some(sha);
+    req.expected = Some(sha);
     let out = crate::deploy::deploy(app, &req, wait, print);
     if path.starts_with(downloads_dir(app)) {
         let _ = std::fs::remove_file(&path);
