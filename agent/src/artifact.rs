@@ -60,8 +60,8 @@ impl Artifact {
         let me = rustix::process::geteuid().as_raw();
         let only_root_writes = st.st_uid == me && st.st_mode & 0o022 == 0;
         if only_root_writes {
-            let (sha256, n) =
-                hash(&mut source, max_size.map(|m| m + 1)).with_context(|| format!("reading {}", path.display()))?;
+            let (sha256, n) = hash(&mut source, max_size.map(|m| m.saturating_add(1)))
+                .with_context(|| format!("reading {}", path.display()))?;
             source.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", path.display()))?;
             return Ok(Artifact { file: source, shown: path.to_owned(), sha256, size: n, _copy: None });
         }

@@ -116,13 +116,39 @@ pub fn verify_signature(bytes: &[u8], sig: &str, keys: &[minisign_verify::Public
     })
 }
 
-/// The checks after the signature: app, channel, sequence, expiry and the fields' own validity.
+/// How far a sequence may run ahead of this host's clock. Sequences are Unix times (`publish` takes the larger of
+/// the clock and the channel's sequence + 1), so one far above the clock is a publisher's clock gone wrong or a
+/// bug, and accepting it would freeze the channel: every later manifest would look like a replay until the clock
+/// caught up.
+pub const MAX_SEQUENCE_AHEAD: u64 = 86_400;
+
+/// `now` as a Unix time in seconds (0 before 1970).
+pub fn unix(now: SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Whether `sequence` is implausibly far above the clock `now`; the refusal says why.
+pub fn sequence_ahead(sequence: u64, now: SystemTime) -> Option<String> {
+    let clock = unix(now);
+    (sequence > clock.saturating_add(MAX_SEQUENCE_AHEAD)).then(|| {
+        format!(
+            "sequence {sequence} is {} ahead of this host's clock (sequences are Unix times, and at most {} ahead is \
+             accepted): the publisher's clock is wrong, or this host's is; check both clocks and publish again",
+            humantime::format_duration(std::time::Duration::from_secs(sequence - clock)),
+            humantime::format_duration(std::time::Duration::from_secs(MAX_SEQUENCE_AHEAD))
+        )
+    })
+}
+
+/// The checks after the signature: app, channel, sequence, expiry (and its lifetime, at most `max_lifetime`
+/// from `now`) and the fields' own validity.
 pub fn check(
     bytes: &[u8],
     app: &str,
     channel: &str,
     last: Option<&Accepted>,
     now: SystemTime,
+    max_lifetime: std::time::Duration,
 ) -> Result<Verdict, Refused> {
     let m: Manifest =
         serde_json::from_slice(bytes).map_err(|e| Refused::final_(format!("not a valid manifest: {e}")))?;
@@ -157,10 +183,21 @@ pub fn check(
             };
         }
     }
+    if let Some(why) = sequence_ahead(m.sequence, now) {
+        return Err(Refused::final_(why));
+    }
     let expires = humantime::parse_rfc3339_weak(&m.expires)
         .map_err(|e| Refused::final_(format!("expires `{}` is not an RFC 3339 time ({e})", m.expires)))?;
     if expires <= now {
         return Err(Refused::final_(format!("expired at {}", m.expires)));
+    }
+    if expires.duration_since(now).is_ok_and(|left| left > max_lifetime) {
+        return Err(Refused::final_(format!(
+            "it expires at {}, beyond the longest lifetime accepted ({}, max_manifest_lifetime): a manifest valid \
+             that long could hold hosts on it long after its publisher moved on; publish with a shorter --expires-in",
+            m.expires,
+            humantime::format_duration(max_lifetime)
+        )));
     }
     Ok(Verdict::New(Box::new(m)))
 }
@@ -247,6 +284,10 @@ mod tests {
         (kp.sk, vec![pk])
     }
 
+    fn now_seq() -> u64 {
+        unix(SystemTime::now())
+    }
+
     fn manifest(seq: u64, version: &str, expires: &str) -> Vec<u8> {
         serde_json::to_vec(&Manifest {
             app: "web".into(),
@@ -275,15 +316,19 @@ mod tests {
         now: SystemTime,
     ) -> Result<Verdict, Refused> {
         verify_signature(bytes, sig, keys)?;
-        check(bytes, app, channel, last, now)
+        check(bytes, app, channel, last, now, LIFE)
     }
 
-    const FUTURE: &str = "2999-01-01T00:00:00Z";
+    const LIFE: Duration = Duration::from_secs(90 * 86400);
+
+    fn future() -> String {
+        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(86400)).to_string()
+    }
 
     #[test]
     fn signed_manifest_is_accepted_and_tampering_is_not() {
         let (sk, keys) = keypair();
-        let bytes = manifest(5, "1.0.0", FUTURE);
+        let bytes = manifest(5, "1.0.0", &future());
         let sig = sign(&sk, &bytes, "t").unwrap();
         let now = SystemTime::now();
         assert!(matches!(accept(&bytes, &sig, &keys, "web", "production", None, now), Ok(Verdict::New(_))));
@@ -300,22 +345,40 @@ mod tests {
     #[test]
     fn replay_expiry_and_wrong_target_are_refused() {
         let now = SystemTime::now();
-        let last = Manifest::accepted(&serde_json::from_slice(&manifest(10, "2.0.0", FUTURE)).unwrap(), "x").unwrap();
-        let older = manifest(9, "1.0.0", FUTURE);
-        assert!(check(&older, "web", "production", Some(&last), now).unwrap_err().reason.contains("replayed"));
-        assert_eq!(check(&manifest(10, "2.0.0", FUTURE), "web", "production", Some(&last), now), Ok(Verdict::Same));
-        assert!(check(&manifest(10, "3.0.0", FUTURE), "web", "production", Some(&last), now).is_err());
+        let last =
+            Manifest::accepted(&serde_json::from_slice(&manifest(10, "2.0.0", &future())).unwrap(), "x").unwrap();
+        let older = manifest(9, "1.0.0", &future());
+        assert!(check(&older, "web", "production", Some(&last), now, LIFE).unwrap_err().reason.contains("replayed"));
+        assert_eq!(
+            check(&manifest(10, "2.0.0", &future()), "web", "production", Some(&last), now, LIFE),
+            Ok(Verdict::Same)
+        );
+        assert!(check(&manifest(10, "3.0.0", &future()), "web", "production", Some(&last), now, LIFE).is_err());
         let past = humantime::format_rfc3339_seconds(now - Duration::from_secs(60)).to_string();
-        assert!(check(&manifest(11, "3.0.0", &past), "web", "production", Some(&last), now)
+        assert!(check(&manifest(11, "3.0.0", &past), "web", "production", Some(&last), now, LIFE)
             .unwrap_err()
             .reason
             .contains("expired"));
-        assert!(check(&manifest(11, "3.0.0", FUTURE), "api", "production", None, now).is_err());
-        assert!(check(&manifest(11, "3.0.0", FUTURE), "web", "staging", None, now).is_err());
+        assert!(check(&manifest(11, "3.0.0", &future()), "api", "production", None, now, LIFE).is_err());
+        assert!(check(&manifest(11, "3.0.0", &future()), "web", "staging", None, now, LIFE).is_err());
         assert!(matches!(
-            check(&manifest(11, "3.0.0", FUTURE), "web", "production", Some(&last), now),
+            check(&manifest(11, "3.0.0", &future()), "web", "production", Some(&last), now, LIFE),
             Ok(Verdict::New(_))
         ));
+    }
+
+    #[test]
+    fn sequences_far_ahead_and_lifetimes_too_long_are_refused() {
+        let now = SystemTime::now();
+        let far = manifest(now_seq() + 2 * MAX_SEQUENCE_AHEAD, "1.0.0", &future());
+        let err = check(&far, "web", "production", None, now, LIFE).unwrap_err();
+        assert!(err.reason.contains("ahead of this host's clock"), "{err:?}");
+        assert!(check(&manifest(u64::MAX - 1, "1.0.0", &future()), "web", "production", None, now, LIFE).is_err());
+        let soon = manifest(now_seq() + 60, "1.0.0", &future());
+        assert!(matches!(check(&soon, "web", "production", None, now, LIFE), Ok(Verdict::New(_))));
+        let forever = manifest(now_seq(), "1.0.0", "9999-01-01T00:00:00Z");
+        let err = check(&forever, "web", "production", None, now, LIFE).unwrap_err();
+        assert!(err.reason.contains("max_manifest_lifetime"), "{err:?}");
     }
 
     #[test]

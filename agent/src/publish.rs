@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -102,12 +102,32 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         }
     };
     let key = pull::channel_key(&req.channel);
-    let old_sequence = match src.fetch_small(&key, None).await? {
-        Fetched::Body { bytes, .. } => serde_json::from_slice::<Manifest>(&bytes).map(|m| m.sequence).unwrap_or(0),
-        _ => 0,
-    };
     let now = SystemTime::now();
-    let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let unix = manifest::unix(now);
+    let old_sequence = trusted_sequence(&src, &key, &sk, now).await?;
+    let sequence = match old_sequence {
+        Some(old) => old
+            .checked_add(1)
+            .ok_or_else(|| Error::Usage(format!("the channel's sequence {old} cannot grow any more")))?
+            .max(unix),
+        None => unix,
+    };
+    let expires = now.checked_add(req.expires_in).filter(|_| req.expires_in <= MAX_EXPIRES_IN).ok_or_else(|| {
+        Error::Usage(format!(
+            "--expires-in {}: at most {} (agents refuse manifests valid longer than their max_manifest_lifetime, 90 \
+             days by default)",
+            humantime::format_duration(req.expires_in),
+            humantime::format_duration(MAX_EXPIRES_IN)
+        ))
+    })?;
+    if req.expires_in > DEFAULT_AGENT_LIFETIME {
+        tracing::warn!(
+            "--expires-in {} is longer than the agents' default max_manifest_lifetime ({}): agents keeping that \
+             default will refuse this manifest",
+            humantime::format_duration(req.expires_in),
+            humantime::format_duration(DEFAULT_AGENT_LIFETIME)
+        );
+    }
     let m = Manifest {
         app: req.app.clone(),
         channel: req.channel.clone(),
@@ -115,8 +135,8 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         artifact: artifact.clone(),
         sha256: sha256.clone(),
         size,
-        sequence: (old_sequence + 1).max(unix),
-        expires: humantime::format_rfc3339_seconds(now + req.expires_in).to_string(),
+        sequence,
+        expires: humantime::format_rfc3339_seconds(expires).to_string(),
         published_at: Some(humantime::format_rfc3339_seconds(now).to_string()),
         published_by: std::env::var("USER").ok(),
         rollout: None,
@@ -138,6 +158,54 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         expires: m.expires,
         uploaded,
     })
+}
+
+/// The longest `--expires-in` publish writes.
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(3650 * 86400);
+/// The agents' default `max_manifest_lifetime` (publish warns above it).
+const DEFAULT_AGENT_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+
+/// The channel's current sequence, if it can be trusted: only a manifest whose signature verifies against the
+/// key publish signs with counts (anyone who can write the bucket could put an unsigned one there, with a sequence
+/// that would freeze the channel), and only when it is not implausibly far above this clock. Otherwise publish
+/// says why and uses the clock.
+async fn trusted_sequence(
+    src: &Source,
+    key: &str,
+    sk: &minisign::SecretKey,
+    now: SystemTime,
+) -> anyhow::Result<Option<u64>> {
+    let bytes = match src.fetch_small(key, None).await? {
+        Fetched::Body { bytes, .. } => bytes,
+        _ => return Ok(None),
+    };
+    let shown = src.describe(key);
+    let sig = match src.fetch_small(&format!("{key}.minisig"), None).await? {
+        Fetched::Body { bytes, .. } => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => {
+            tracing::warn!("{shown} has no signature: its sequence is not trusted; using the clock");
+            return Ok(None);
+        }
+    };
+    let pk = minisign::PublicKey::from_secret_key(sk).map_err(|e| anyhow::anyhow!("deriving the public key: {e}"))?;
+    let pk = minisign_verify::PublicKey::from_base64(&pk.to_base64())
+        .map_err(|e| anyhow::anyhow!("reading the public key: {e}"))?;
+    if let Err(r) = manifest::verify_signature(&bytes, &sig, &[pk]) {
+        tracing::warn!(
+            "{shown} is not signed by this key ({}): its sequence is not trusted; using the clock",
+            r.reason
+        );
+        return Ok(None);
+    }
+    let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+        tracing::warn!("{shown} is signed by this key but is not a manifest; using the clock");
+        return Ok(None);
+    };
+    if let Some(why) = manifest::sequence_ahead(m.sequence, now) {
+        tracing::warn!("{shown}: {why}; agents refuse it, so the clock is used instead");
+        return Ok(None);
+    }
+    Ok(Some(m.sequence))
 }
 
 /// The sha256 and size of an object, streamed; `None` if it does not exist.

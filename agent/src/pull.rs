@@ -83,7 +83,15 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
     }
     let _lock = app.lock(Duration::from_secs(2)).map_err(AcceptError::Other)?;
     let mut state = app.load_state().map_err(AcceptError::Other)?;
-    match manifest::check(bytes, &app.name, &app.cfg.channel, state.channel.as_ref(), SystemTime::now()) {
+    let now = SystemTime::now();
+    match manifest::check(
+        bytes,
+        &app.name,
+        &app.cfg.channel,
+        state.channel.as_ref(),
+        now,
+        app.cfg.max_manifest_lifetime,
+    ) {
         Ok(Verdict::Same) => Ok(Polled::Accepted {
             version: state.channel.as_ref().map_or(String::new(), |c| c.version.to_string()),
             new: false,

@@ -333,18 +333,25 @@ fn clocks_far_off_refuse_or_order_manifests_safely() {
     assert!(d.alive());
     assert_eq!(d.stop(), 0);
 
-    // A publisher whose clock runs ten years ahead pushes the sequence up; later publishes with a right clock
-    // still go above it, so nothing is mistaken for a replay.
+    // A publisher whose clock runs ten years ahead would push the sequence up and freeze the channel (every later
+    // manifest would look like a replay): agents refuse a sequence that far above their clock and say why, and
+    // the next publish with a right clock does not trust that sequence either, so the channel moves on.
     let mut d = Daemon::start(&f.host, &[]);
+    wait_for("1.0.0", LIVE, || f.host.current().as_deref() == Some("1.0.0"));
     let dir = release_dir(&f.host, "2.0.0", 200);
     let env = faketime("+3650d");
-    let out =
-        publish(&f.host, &env, &f.base, &f.key, "2.0.0", &["--expires-in", "3660d", "--json", dir.to_str().unwrap()]);
+    let out = publish(&f.host, &env, &f.base, &f.key, "2.0.0", &["--json", dir.to_str().unwrap()]);
     let future_seq = out.expect(0).json()["sequence"].as_u64().unwrap();
-    wait_for("2.0.0", LIVE, || f.host.current().as_deref() == Some("2.0.0"));
-    f.publish("3.0.0", &[]);
+    wait_for("the refusal of a sequence far ahead", LIVE, || d.log().contains("ahead of this host's clock"));
+    assert_eq!(f.host.current().as_deref(), Some("1.0.0"));
+    let dir = release_dir(&f.host, "3.0.0", 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = publish(&f.host, &[], &f.base, &f.key, "3.0.0", &["--json", dir.to_str().unwrap()]);
+    assert!(out.stderr.contains("ahead of this host's clock"), "publish says why it used the clock: {out:?}");
+    let seq = out.expect(0).json()["sequence"].as_u64().unwrap();
+    assert!(seq < future_seq, "{seq} must come from the clock, not from {future_seq}");
     wait_for("3.0.0", LIVE, || f.host.current().as_deref() == Some("3.0.0"));
-    let seq = f.host.run(&["status", "web", "--json"]).json()["apps"][0]["channel"]["sequence"].as_u64().unwrap();
-    assert_eq!(seq, future_seq + 1);
+    let s = f.host.run(&["--json", "status", "web"]).json();
+    assert_eq!(s["apps"][0]["channel"]["sequence"].as_u64(), Some(seq));
     assert_eq!(d.stop(), 0);
 }
