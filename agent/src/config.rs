@@ -408,8 +408,9 @@ impl Config {
                 let scheme = src.split_once("://").map(|(s, _)| s);
                 if !matches!(scheme, Some("s3" | "gs" | "az" | "abfs" | "https" | "http" | "file")) {
                     return Err(format!(
-                        "{}: `{src}` must start with s3://, gs://, az://, https:// or file://",
-                        key("source")
+                        "{}: `{}` must start with s3://, gs://, az://, https:// or file://",
+                        key("source"),
+                        crate::redact::url(src)
                     ));
                 }
                 if scheme == Some("http") && !app.allow_http {

@@ -63,6 +63,15 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             Error::Usage(format!("--channel `{}`: expected [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", req.channel)).into()
         );
     }
+    crate::config::no_credentials(&req.base).map_err(|e| Error::Usage(format!("--to: {e}")))?;
+    if url::Url::parse(&req.base).is_err() {
+        return Err(Error::Usage(format!(
+            "--to `{}` is not a URL; give the bucket base with its scheme, e.g. s3://bucket/deploy, \
+             https://host/deploy or file:///srv/bucket",
+            crate::redact::url(&req.base)
+        ))
+        .into());
+    }
     let base = format!("{}/{}", req.base.trim_end_matches('/'), req.app);
     let src = Source::open(&base, &req.options)?;
     let artifact = format!("releases/{}.tar.zst", req.version);

@@ -73,7 +73,14 @@ impl Source {
     /// Opens `url` (the app's `BASE/APP`). Credentials come from the standard environment of each store
     /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and, for S3, the instance's metadata service.
     pub fn open(url: &str, opts: &Options) -> Result<Source, Error> {
-        let err = |message: String| Error::Source { source_url: url.to_owned(), message };
+        let err = |message: String| Error::Source {
+            source_url: crate::redact::url(url),
+            message: crate::redact::text(&message),
+        };
+        crate::config::no_credentials(url).map_err(|e| err(e.clone()))?;
+        if let Some(e) = &opts.endpoint {
+            crate::config::no_credentials(e).map_err(|e| err(format!("endpoint: {e}")))?;
+        }
         let parsed = url::Url::parse(url).map_err(|e| err(format!("not a URL: {e}")))?;
         let (scheme, prefix) =
             ObjectStoreScheme::parse(&parsed).map_err(|e| err(format!("unsupported source: {e}")))?;
@@ -86,6 +93,7 @@ impl Source {
             client = client.with_allow_http(true);
         }
         let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(15), ..Default::default() };
+        let connector = SameOriginRedirects;
         let built: object_store::Result<Arc<dyn ObjectStore>> = match scheme {
             ObjectStoreScheme::Local => Ok(Arc::new(object_store::local::LocalFileSystem::new())),
             ObjectStoreScheme::AmazonS3 => {
@@ -93,6 +101,7 @@ impl Source {
                     .with_url(url)
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(connector)
                     .with_allow_http(opts.allow_http);
                 if let Some(r) = &opts.region {
                     b = b.with_region(r);
@@ -106,6 +115,7 @@ impl Source {
                 .with_url(url)
                 .with_client_options(client)
                 .with_retry(retry)
+                .with_http_connector(connector)
                 .build()
                 .map(|s| Arc::new(s) as _),
             ObjectStoreScheme::MicrosoftAzure => {
@@ -113,6 +123,7 @@ impl Source {
                     .with_url(url)
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(connector)
                     .with_allow_http(opts.allow_http);
                 if let Some(e) = &opts.endpoint {
                     b = b.with_endpoint(e.clone());
@@ -127,13 +138,16 @@ impl Source {
                     .with_url(&parsed[..url::Position::BeforePath])
                     .with_client_options(client)
                     .with_retry(retry)
+                    .with_http_connector(connector)
                     .build()
                     .map(|s| Arc::new(s) as _)
             }
             other => return Err(err(format!("unsupported scheme {other:?}"))),
         };
         let store = built.map_err(|e| err(format!("{e}")))?;
-        Ok(Source { url: url.trim_end_matches('/').to_owned(), store, prefix, policy: opts.download.clone() })
+        // Only ever shown redacted (it carries no credentials, as checked above; this is the second line).
+        let shown = crate::redact::url(url.trim_end_matches('/'));
+        Ok(Source { url: shown, store, prefix, policy: opts.download.clone() })
     }
 
     fn key(&self, rel: &str) -> ObjPath {
@@ -144,8 +158,9 @@ impl Source {
         format!("{}/{rel}", self.url)
     }
 
+    /// An error about `rel`; the message (often the HTTP client's, with URLs in it) is redacted.
     fn error(&self, rel: &str, e: impl std::fmt::Display) -> Error {
-        Error::Source { source_url: self.describe(rel), message: e.to_string() }
+        Error::Source { source_url: self.describe(rel), message: crate::redact::text(&e.to_string()) }
     }
 
     /// A small object (manifest, signature), conditionally on `etag`.
@@ -359,6 +374,42 @@ impl Source {
             w.write_all(&buf[..n]).await.map_err(|e| self.error(rel, e))?;
         }
         w.shutdown().await.map_err(|e| self.error(rel, e))
+    }
+}
+
+/// An HTTP client for `object_store` that follows a redirect only to the same origin (scheme, host and port): a
+/// bucket endpoint that redirects elsewhere would otherwise get the request's headers, session token included,
+/// sent to another host. A redirect to elsewhere is returned as it is, and fails the request with its status.
+/// The other settings follow the options object_store passes (plain http is allowed where they allow it: the
+/// instance metadata service, or a source with `allow_http`).
+#[derive(Debug, Clone, Copy)]
+struct SameOriginRedirects;
+
+impl object_store::client::HttpConnector for SameOriginRedirects {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<object_store::client::HttpClient> {
+        let allow_http =
+            options.get_config_value(&object_store::client::ClientConfigKey::AllowHttp).is_some_and(|v| v == "true");
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+            if same && attempt.previous().len() < 10 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        });
+        let client = reqwest::Client::builder()
+            .redirect(policy)
+            .connect_timeout(Duration::from_secs(5))
+            .https_only(!allow_http)
+            // Compression would change Content-Length, which object_store relies on.
+            .no_gzip()
+            .no_brotli()
+            .no_zstd()
+            .no_deflate()
+            .user_agent(concat!("switchback/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| object_store::Error::Generic { store: "HTTP", source: Box::new(e) })?;
+        Ok(object_store::client::HttpClient::new(client))
     }
 }
 
