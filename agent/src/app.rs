@@ -103,9 +103,11 @@ impl App {
             format!("`switchback {command}` by {} (pid {})\n", who.describe(), who.pid).as_bytes(),
         )
         .with_context(|| format!("writing {}", cancel.display()))?;
-        eprintln!(
+        crate::progress::note!(
             "{}: the daemon (pid {}) is busy ({}); asked it to cancel that, waiting for it",
-            self.name, daemon.pid, daemon.activity
+            self.name,
+            daemon.pid,
+            daemon.activity
         );
         let h = &self.cfg.health;
         let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -183,16 +185,24 @@ fn version(s: &str) -> Result<Version, Error> {
 
 /// Prints `value` as a JSON document with the schema number added.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut so = std::io::stdout();
     let mut v = serde_json::to_value(value).context("serializing output")?;
     if let serde_json::Value::Object(map) = &mut v {
         map.insert("schema".to_owned(), JSON_SCHEMA.into());
     }
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    writeln!(so, "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
+}
+
+/// Whether `e` is stdout closed under us (`status | head`): not a failure of the command, nothing to report.
+pub fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().count() == 1
+        && e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Runs a parsed command; returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let mut so = std::io::stdout();
     let print = !cli.quiet
         && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
     let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
@@ -203,8 +213,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&serde_json::json!({ "public_key": pk, "prefix": out }))?;
             } else {
-                println!("wrote {0}.key (secret, no password) and {0}.pub", out.display());
-                println!("trusted_keys = [\"{pk}\"]");
+                writeln!(so, "wrote {0}.key (secret, no password) and {0}.pub", out.display())?;
+                writeln!(so, "trusted_keys = [\"{pk}\"]")?;
             }
         }
         Command::Publish(a) => {
@@ -228,7 +238,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&out)?;
             } else {
-                println!(
+                writeln!(
+                    so,
                     "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{})",
                     out.app,
                     out.channel,
@@ -237,7 +248,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     out.sha256,
                     out.size,
                     if out.uploaded { ", uploaded" } else { ", already uploaded" }
-                );
+                )?;
             }
         }
         Command::Deploy { app: name, file, version: v, force, reason } => {
@@ -261,13 +272,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&out)?;
             } else {
-                println!(
+                writeln!(
+                    so,
                     "{}: {} {} ({})",
                     out.app,
                     out.version,
                     out.outcome,
                     if out.health.is_empty() { "already current" } else { &out.health }
-                );
+                )?;
             }
         }
         Command::Rollback { app: name, to, reason, force } => {
@@ -277,7 +289,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&out)?;
             } else {
-                println!("{}: rolled back from {} to {} ({})", out.app, out.from, out.to, out.health);
+                writeln!(so, "{}: rolled back from {} to {} ({})", out.app, out.from, out.to, out.health)?;
             }
         }
         Command::Status { app: name } => {
@@ -296,7 +308,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&serde_json::json!({ "apps": all }))?;
             } else {
-                all.iter().for_each(crate::status::print_human);
+                for s in &all {
+                    crate::status::print_human(s, &mut so)?;
+                }
             }
         }
         Command::Releases { app: name } => {
@@ -304,7 +318,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&serde_json::json!({ "app": s.app, "releases": s.releases }))?;
             } else {
-                crate::status::print_releases(&s);
+                crate::status::print_releases(&s, &mut so)?;
             }
         }
         Command::History { app: name, limit } => {
@@ -323,7 +337,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         (Some(p), None) => p.clone(),
                         (None, None) => String::new(),
                     };
-                    println!(
+                    writeln!(
+                        so,
                         "{}  {:<8} {:<16} {:<15} {:>6}ms  {}  {}",
                         e.time,
                         e.op,
@@ -332,7 +347,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         e.duration_ms,
                         e.who.describe(),
                         e.reason.as_deref().unwrap_or("")
-                    );
+                    )?;
                 }
             }
         }
@@ -342,7 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&serde_json::json!({ "app": name, "pin": v }))?;
             } else {
-                println!("{name}: pinned to {v}");
+                writeln!(so, "{name}: pinned to {v}")?;
             }
         }
         Command::Unpin { app: name } => {
@@ -350,7 +365,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&serde_json::json!({ "app": name, "unpinned": old }))?;
             } else {
-                println!("{name}: {}", old.map_or("was not pinned".to_owned(), |v| format!("unpinned (was {v})")));
+                writeln!(so, "{name}: {}", old.map_or("was not pinned".to_owned(), |v| format!("unpinned (was {v})")))?;
             }
         }
         Command::Prune { app: name, keep } => {
@@ -361,12 +376,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&out)?;
             } else {
-                println!(
+                writeln!(
+                    so,
                     "{}: removed {}; kept {}",
                     out.app,
                     if out.removed.is_empty() { "nothing".into() } else { out.removed.join(", ") },
                     out.kept.join(", ")
-                );
+                )?;
             }
         }
         Command::Check { app: name } => {
@@ -377,11 +393,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     &serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results }),
                 )?;
             } else if results.is_empty() {
-                println!("{}: no health checks configured (unchecked)", app.name);
+                writeln!(so, "{}: no health checks configured (unchecked)", app.name)?;
             }
             if !cli.json {
                 for r in &results {
-                    println!("{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail);
+                    writeln!(so, "{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail)?;
                 }
             }
             if let Some(bad) = results.iter().find(|r| !r.ok) {
@@ -400,12 +416,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     &serde_json::json!({ "config": path, "valid": true, "apps": config.apps.keys().collect::<Vec<_>>() }),
                 )?;
             } else {
-                println!(
+                writeln!(
+                    so,
                     "{}: ok ({} app(s): {})",
                     path.display(),
                     config.apps.len(),
                     config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
+                )?;
             }
         }
         Command::Demo { keep } => crate::demo::run(*keep)?,

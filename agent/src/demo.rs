@@ -168,16 +168,18 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
     let dir = tmp.path().to_owned();
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let pidfile = dir.join("demo-service.pid");
-    let result = walkthrough(&dir, port, &pidfile);
+    let mut so = std::io::stdout();
+    let result = walkthrough(&dir, port, &pidfile, keep);
     stop(&pidfile)?;
     if keep {
         let kept = tmp.keep();
-        println!("\nkept {} (config: {}/switchback.toml)", kept.display(), kept.display());
+        writeln!(so, "\nkept {} (config: {}/switchback.toml)", kept.display(), kept.display())?;
     }
     result
 }
 
-fn walkthrough(dir: &Path, port: u16, pidfile: &Path) -> anyhow::Result<()> {
+fn walkthrough(dir: &Path, port: u16, pidfile: &Path, keep: bool) -> anyhow::Result<()> {
+    let mut so = std::io::stdout();
     let exe = std::env::current_exe().context("locating this binary")?;
     let root = dir.join("srv/demo");
     let config_path = dir.join("switchback.toml");
@@ -215,20 +217,22 @@ bake = "1s"
     let app = App::from_config(&config, "demo")?;
     let wait = Duration::from_secs(5);
 
-    println!("Switchback demo in {}", dir.display());
-    println!(
+    writeln!(so, "Switchback demo in {}", dir.display())?;
+    writeln!(
+        so,
         "A tiny HTTP service on 127.0.0.1:{port}; /healthz must answer 200 twice in a row (every 250ms, within 3s),"
-    );
-    println!(
+    )?;
+    writeln!(
+        so,
         "then keep answering 200 for a 1s bake window. Three releases: v1 healthy, v2 broken (500), v3 healthy.\n"
-    );
+    )?;
     for (v, health) in [("v1", 200), ("v2", 500), ("v3", 200)] {
         release_archive(&dir.join(format!("{v}.tar.zst")), v, health)?;
     }
     let t0 = Instant::now();
     let stamp = || format!("[{:>5.1}s]", t0.elapsed().as_secs_f64());
     for v in ["v1", "v2", "v3"] {
-        println!("{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp());
+        writeln!(so, "{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp())?;
         let req = crate::deploy::DeployRequest {
             archive: Some(dir.join(format!("{v}.tar.zst"))),
             expected: None,
@@ -237,35 +241,37 @@ bake = "1s"
             reason: Some("demo".into()),
         };
         match crate::deploy::deploy(&app, &req, wait, true) {
-            Ok(out) => println!("{} => {v} is live and healthy ({})", stamp(), out.health),
+            Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,
             Err(e) => {
                 let code = crate::exit::code_for(&e);
-                println!("{} => exit code {code}: {e:#}", stamp());
+                writeln!(so, "{} => exit code {code}: {e:#}", stamp())?;
                 if code != crate::exit::ROLLED_BACK {
                     return Err(e);
                 }
             }
         }
-        println!("         GET / -> {}\n", fetch(port, "/"));
+        writeln!(so, "         GET / -> {}\n", fetch(port, "/"))?;
     }
-    println!("{} switchback rollback demo --reason \"demo: back to the previous good release\"", stamp());
+    writeln!(so, "{} switchback rollback demo --reason \"demo: back to the previous good release\"", stamp())?;
     let out =
         crate::rollback::rollback(&app, None, Some("demo: back to the previous good release"), false, wait, true)?;
-    println!(
+    writeln!(
+        so,
         "{} => rolled back from {} to {} ({}); v2 is skipped because it is marked bad",
         stamp(),
         out.from,
         out.to,
         out.health
-    );
-    println!("         GET / -> {}\n", fetch(port, "/"));
+    )?;
+    writeln!(so, "         GET / -> {}\n", fetch(port, "/"))?;
 
-    println!("switchback status demo");
-    crate::status::print_human(&crate::status::app_status(&app)?);
-    println!("\nswitchback history demo");
+    writeln!(so, "switchback status demo")?;
+    crate::status::print_human(&crate::status::app_status(&app)?, &mut so)?;
+    writeln!(so, "\nswitchback history demo")?;
     for e in crate::history::read(&app.history_path())? {
         let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}ms", s.step, s.ms)).collect();
-        println!(
+        writeln!(
+            so,
             "  {:<8} {:<4} {:<16} {:>5}ms  [{}]{}",
             e.op,
             e.version.as_deref().unwrap_or(""),
@@ -273,12 +279,14 @@ bake = "1s"
             e.duration_ms,
             steps.join(", "),
             e.reason.map(|r| format!("\n           why: {r}")).unwrap_or_default()
-        );
+        )?;
     }
-    println!(
-        "\nDone in {:.1}s. The service was stopped; the directory is removed unless --keep was given.",
-        t0.elapsed().as_secs_f64()
-    );
+    writeln!(
+        so,
+        "\nDone in {:.1}s. The service was stopped; {}",
+        t0.elapsed().as_secs_f64(),
+        if keep { "the directory is kept (--keep)." } else { "the directory is removed (--keep keeps it)." }
+    )?;
     Ok(())
 }
 

@@ -27,27 +27,68 @@ pub struct Event {
     pub output: Vec<String>,
 }
 
+/// Who did something, as far as the kernel can vouch for it: the real uid and the login uid (set at login, kept
+/// across `sudo` and `su`, and not changeable by the process). `SUDO_USER` is only an environment variable, which
+/// anyone can set: it is recorded as claimed, never as who it was.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Who {
     pub uid: u32,
+    /// The name of `uid` on this host, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `/proc/self/loginuid`, when the session has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_user: Option<String>,
+    /// What `SUDO_USER` claimed (unverified).
     pub sudo_user: Option<String>,
     pub pid: u32,
+    /// Whether the daemon did it (rather than a command someone ran).
+    #[serde(default)]
+    pub daemon: bool,
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
 }
 
 impl Who {
     pub fn me() -> Who {
+        let uid = rustix::process::getuid().as_raw();
+        // 4294967295 (-1) means no login session (a service started by init).
+        let login_uid = std::fs::read_to_string("/proc/self/loginuid")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|n| *n != u32::MAX);
         Who {
-            uid: rustix::process::getuid().as_raw(),
+            uid,
+            user: user_name(uid),
+            login_uid,
+            login_user: login_uid.and_then(user_name),
             sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
             pid: std::process::id(),
+            daemon: crate::progress::in_worker(),
         }
     }
 
     pub fn describe(&self) -> String {
-        match &self.sudo_user {
-            Some(u) => format!("{u} (uid {} via sudo)", self.uid),
-            None => format!("uid {}", self.uid),
+        let name = |uid: u32, user: &Option<String>| match user {
+            Some(u) => format!("{u} (uid {uid})"),
+            None => format!("uid {uid}"),
+        };
+        let mut out = if self.daemon {
+            format!("the daemon as {}", name(self.uid, &self.user))
+        } else {
+            name(self.uid, &self.user)
+        };
+        if let Some(l) = self.login_uid.filter(|l| *l != self.uid) {
+            out.push_str(&format!(", logged in as {}", name(l, &self.login_user)));
         }
+        if let Some(s) = &self.sudo_user {
+            out.push_str(&format!(", SUDO_USER={s} (claimed)"));
+        }
+        out
     }
 }
 

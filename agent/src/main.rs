@@ -18,12 +18,16 @@ fn main() -> ExitCode {
     let json = cli.json;
     match switchback::cli::run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader of stdout went away (`status | head`): nothing failed, nothing to say.
+        Err(e) if switchback::cli::stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            use std::io::Write;
             let code = switchback::exit::code_for(&e);
-            eprintln!("error: {e:#}");
+            // Written without panicking: stderr or stdout may be closed too.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             if json {
                 let doc = serde_json::json!({ "schema": switchback::cli::JSON_SCHEMA, "error": format!("{e:#}"), "exit_code": code });
-                println!("{doc}");
+                let _ = writeln!(std::io::stdout(), "{doc}");
             }
             ExitCode::from(code)
         }

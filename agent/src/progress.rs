@@ -167,3 +167,12 @@ pub fn sleep(d: Duration) -> Result<(), Interrupt> {
         std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
+
+/// A line for people on stderr (progress, notes), written without panicking when stderr is closed.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;

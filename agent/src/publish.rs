@@ -54,7 +54,6 @@ pub fn publish(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
 }
 
 async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
-    let sk = manifest::load_secret_key(&req.key)?;
     if !crate::config::valid_app_name(&req.app) {
         return Err(Error::Usage(format!("--app `{}`: expected [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", req.app)).into());
     }
@@ -72,6 +71,26 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         ))
         .into());
     }
+    // Checked before anything is uploaded.
+    if req.expires_in > MAX_EXPIRES_IN || req.expires_in.is_zero() {
+        return Err(Error::Usage(format!(
+            "--expires-in {}: expected more than 0s and at most {} (agents refuse manifests valid longer than their \
+             max_manifest_lifetime, {} by default)",
+            humantime::format_duration(req.expires_in),
+            days(MAX_EXPIRES_IN),
+            days(DEFAULT_AGENT_LIFETIME)
+        ))
+        .into());
+    }
+    if req.expires_in > DEFAULT_AGENT_LIFETIME {
+        tracing::warn!(
+            "--expires-in {} is longer than the agents' default max_manifest_lifetime ({}): agents keeping that \
+             default will refuse this manifest",
+            days(req.expires_in),
+            days(DEFAULT_AGENT_LIFETIME)
+        );
+    }
+    let sk = manifest::load_secret_key(&req.key)?;
     let base = format!("{}/{}", req.base.trim_end_matches('/'), req.app);
     let src = Source::open(&base, &req.options)?;
     let artifact = format!("releases/{}.tar.zst", req.version);
@@ -121,22 +140,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             .max(unix),
         None => unix,
     };
-    let expires = now.checked_add(req.expires_in).filter(|_| req.expires_in <= MAX_EXPIRES_IN).ok_or_else(|| {
-        Error::Usage(format!(
-            "--expires-in {}: at most {} (agents refuse manifests valid longer than their max_manifest_lifetime, 90 \
-             days by default)",
-            humantime::format_duration(req.expires_in),
-            humantime::format_duration(MAX_EXPIRES_IN)
-        ))
-    })?;
-    if req.expires_in > DEFAULT_AGENT_LIFETIME {
-        tracing::warn!(
-            "--expires-in {} is longer than the agents' default max_manifest_lifetime ({}): agents keeping that \
-             default will refuse this manifest",
-            humantime::format_duration(req.expires_in),
-            humantime::format_duration(DEFAULT_AGENT_LIFETIME)
-        );
-    }
+    let expires = now.checked_add(req.expires_in).context("--expires-in was checked")?;
     let m = Manifest {
         app: req.app.clone(),
         channel: req.channel.clone(),
@@ -173,6 +177,10 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(3650 * 86400);
 /// The agents' default `max_manifest_lifetime` (publish warns above it).
 const DEFAULT_AGENT_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+
+fn days(d: Duration) -> String {
+    format!("{}d", d.as_secs() / 86400)
+}
 
 /// The channel's current sequence, if it can be trusted: only a manifest whose signature verifies against the
 /// key publish signs with counts (anyone who can write the bucket could put an unsigned one there, with a sequence

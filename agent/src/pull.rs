@@ -169,11 +169,15 @@ pub fn deploy_version(
     let (path, sha) = rt.block_on(async {
         let src = Source::open(&url, &crate::source::Options::of(&app.cfg))?;
         match poll_channel(app, &src, &mut None).await {
-            Ok(Polled::Refused { reason }) => eprintln!("{}: the channel's manifest was refused: {reason}", app.name),
-            Ok(Polled::Missing) => eprintln!("{}: no manifest is published for channel {}", app.name, app.cfg.channel),
+            Ok(Polled::Refused { reason }) => {
+                crate::progress::note!("{}: the channel's manifest was refused: {reason}", app.name)
+            }
+            Ok(Polled::Missing) => {
+                crate::progress::note!("{}: no manifest is published for channel {}", app.name, app.cfg.channel)
+            }
             Ok(_) => {}
             // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
-            Err(e) => eprintln!("{}: could not refresh the channel's manifest: {e}", app.name),
+            Err(e) => crate::progress::note!("{}: could not refresh the channel's manifest: {e}", app.name),
         }
         let state = app.load_state()?;
         match state.channel {

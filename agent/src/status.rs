@@ -90,34 +90,40 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
     })
 }
 
-pub fn print_human(s: &AppStatus) {
+pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Result<()> {
     let health = match (&s.last_health, s.checked) {
         (_, false) => "unchecked (no health checks configured)".to_owned(),
         (Some(h), true) => format!("{} ({}, {})", if h.healthy { "healthy" } else { "UNHEALTHY" }, h.detail, h.at),
         (None, true) => "not checked yet".to_owned(),
     };
-    println!("{}", s.app);
-    println!("  root       {}", s.root.display());
-    println!("  current    {}", s.current.as_deref().unwrap_or("(none)"));
-    println!("  last good  {}", s.last_good.as_deref().unwrap_or("(none)"));
-    println!("  health     {health}");
+    writeln!(w, "{}", s.app)?;
+    writeln!(w, "  root       {}", s.root.display())?;
+    writeln!(w, "  current    {}", s.current.as_deref().unwrap_or("(none)"))?;
+    writeln!(w, "  last good  {}", s.last_good.as_deref().unwrap_or("(none)"))?;
+    writeln!(w, "  health     {health}")?;
     if let Some(p) = &s.pin {
-        println!(
+        writeln!(
+            w,
             "  pinned     {} (by {} at {}{})",
             p.version,
             p.by,
             p.at,
             p.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
-        );
+        )?;
     }
     if let Some(f) = &s.in_flight {
-        println!("  in flight  {:?} {} at step {:?} (pid {}, since {})", f.op, f.version, f.step, f.pid, f.started_at);
+        writeln!(
+            w,
+            "  in flight  {:?} {} at step {:?} (pid {}, since {})",
+            f.op, f.version, f.step, f.pid, f.started_at
+        )?;
     }
     if let Some(d) = &s.degraded {
-        println!("  DEGRADED   {d}");
+        writeln!(w, "  DEGRADED   {d}")?;
     }
     if let Some(c) = &s.channel {
-        println!(
+        writeln!(
+            w,
             "  channel    wants {} (sequence {}, accepted {}, {} {}, from {})",
             c.version,
             c.sequence,
@@ -125,32 +131,33 @@ pub fn print_human(s: &AppStatus) {
             if c.expired(std::time::SystemTime::now()) { "EXPIRED" } else { "expires" },
             c.expires,
             c.from
-        );
+        )?;
     }
     match &s.daemon {
         Some(d) => {
-            println!("  daemon     pid {}: {}", d.pid, d.activity);
+            writeln!(w, "  daemon     pid {}: {}", d.pid, d.activity)?;
             if !d.last_poll.is_empty() {
-                println!("  last poll  {}", d.last_poll);
+                writeln!(w, "  last poll  {}", d.last_poll)?;
             }
         }
-        None => println!("  daemon     not running"),
+        None => writeln!(w, "  daemon     not running")?,
     }
     for b in &s.bad {
-        println!("  bad        {}: {} ({})", b.version, b.reason, b.at);
+        writeln!(w, "  bad        {}: {} ({})", b.version, b.reason, b.at)?;
     }
-    println!(
+    writeln!(
+        w,
         "  releases   {}",
         if s.releases.is_empty() {
             "(none)".to_owned()
         } else {
             s.releases.iter().map(|r| r.version.clone()).collect::<Vec<_>>().join(", ")
         }
-    );
+    )
 }
 
-pub fn print_releases(s: &AppStatus) {
-    println!("{:<20} {:<8} {:<18} SHA256", "VERSION", "", "UNPACKED");
+pub fn print_releases(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(w, "{:<20} {:<8} {:<18} SHA256", "VERSION", "", "UNPACKED")?;
     for r in &s.releases {
         let mut flags = Vec::new();
         if r.current {
@@ -165,14 +172,16 @@ pub fn print_releases(s: &AppStatus) {
         if r.pinned {
             flags.push("pinned");
         }
-        println!(
+        writeln!(
+            w,
             "{:<20} {:<8} {:<18} {}",
             r.version,
             flags.join(","),
             r.unpacked_at.as_deref().unwrap_or("-"),
             r.sha256.as_deref().map(|s| &s[..16.min(s.len())]).unwrap_or("-")
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Runs every check against the current release now.

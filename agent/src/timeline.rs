@@ -36,14 +36,14 @@ impl Timeline {
 
     pub fn record(&mut self, name: &str, ms: u64, detail: Option<String>) {
         if self.print {
-            eprintln!("  {name:<12} {:>7}  {}", format!("{ms} ms"), detail.as_deref().unwrap_or(""));
+            crate::progress::note!("  {name:<12} {:>7}  {}", format!("{ms} ms"), detail.as_deref().unwrap_or(""));
         }
         self.steps.push(Timing { step: name.to_owned(), ms, detail });
     }
 
     pub fn note(&self, text: &str) {
         if self.print {
-            eprintln!("{text}");
+            crate::progress::note!("{text}");
         }
     }
 }
