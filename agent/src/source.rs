@@ -194,7 +194,7 @@ impl Source {
     /// Downloads `rel` into `dir` as `SHA256.tar.zst`, resuming a partial download, retrying with exponential
     /// backoff. Returns the path of a file whose size and sha256 match.
     pub async fn download(&self, rel: &str, dir: &Path, sha256: &str, size: u64) -> Result<PathBuf, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| self.error(rel, format!("creating {}: {e}", dir.display())))?;
+        crate::trust::private_dir(dir, None).map_err(|e| self.error(rel, format!("{e:#}")))?;
         let done = dir.join(format!("{sha256}.tar.zst"));
         let part = dir.join(format!("{sha256}.tar.zst.part"));
         if done.exists() {
