@@ -239,6 +239,7 @@ fn stage_release(
         tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
         crashpoint::hit("after-staging-durable");
         staging.commit(&app.store, v)?;
+        crate::integrity::unpacked_now(app, v);
         crashpoint::hit("after-release-rename");
         tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
         Ok(())

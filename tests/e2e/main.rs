@@ -12,3 +12,4 @@ mod fuzz;
 mod health;
 mod hostile;
 mod nspawn;
+mod security;
