@@ -100,7 +100,20 @@ pub fn go_live(
 
 /// After `failed` did not prove healthy: mark it bad, return to the last good release and verify that. Returns
 /// the error the command reports: [`Error::RolledBack`] (exit 3) or [`Error::RollbackFailed`] (exit 4).
+///
+/// An operator's cancel request never interrupts this: the way back is what a cancel asks for.
 pub fn fall_back(
+    app: &App,
+    state: &mut AppState,
+    failed: &Version,
+    reason: &str,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Error> {
+    crate::progress::uncancellable(|| fall_back_now(app, state, failed, reason, tl, ev))
+}
+
+fn fall_back_now(
     app: &App,
     state: &mut AppState,
     failed: &Version,
@@ -152,10 +165,54 @@ pub fn fall_back(
     }
 }
 
+/// An operator's switch from `from` (current, and healthy as far as anyone knows) to `target` (a rollback, a
+/// pin): go live and prove it. If `target` is not healthy, only `target` is marked bad and the app goes back to
+/// `from` (switched, restarted and verified again), where it started: [`Error::SwitchFailed`] (exit 3). Only
+/// when `from` fails too does the app need a person ([`Error::RollbackFailed`], exit 4).
+pub fn switch_to(
+    app: &App,
+    state: &mut AppState,
+    target: &Version,
+    from: &Version,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Result<String, Error>> {
+    match go_live(app, state, target, Some(from), Op::Rollback, tl, ev)? {
+        Ok(health) => {
+            state.bad.remove(target);
+            state.commit(target);
+            app.save_state(state)?;
+            crashpoint::hit("rollback-after-commit");
+            Ok(Ok(health))
+        }
+        Err(reason) => crate::progress::uncancellable(|| {
+            state.mark_bad(target, &reason);
+            // What would have marked the release left behind is dropped: the app goes back to it.
+            state.mark_on_commit = None;
+            tl.note(&format!("{target} is not healthy ({reason}); going back to {from}"));
+            match go_live(app, state, from, Some(target), Op::Rollback, tl, ev)? {
+                Ok(_) => {
+                    state.commit(from);
+                    app.save_state(state)?;
+                    crashpoint::hit("rollback-after-commit");
+                    Ok(Err(Error::SwitchFailed {
+                        app: app.name.clone(),
+                        target: target.to_string(),
+                        restored: from.to_string(),
+                        reason,
+                    }))
+                }
+                Err(second) => Ok(Err(degrade(app, state, from, &second)?)),
+            }
+        }),
+    }
+}
+
 /// A rollback's own checks failed: stay where we are (no flip-flop), say so loudly.
 pub fn degrade(app: &App, state: &mut AppState, at: &Version, reason: &str) -> anyhow::Result<Error> {
     let why = format!("the rollback to {at} switched and restarted, but {at} is not healthy either: {reason}");
     state.in_flight = None;
+    state.mark_on_commit = None;
     state.current = Some(at.clone());
     state.degraded = Some(why.clone());
     app.save_state(state)?;

@@ -75,26 +75,28 @@ impl App {
         crate::trust::private_dir(&self.state_dir, self.read_group)
     }
 
-    /// Creates the state directory and takes the app's lock.
-    pub fn lock(&self, wait: Duration) -> anyhow::Result<AppLock> {
+    /// Creates the state directory and takes the app's lock for `what` (named to whoever finds it busy).
+    pub fn lock(&self, wait: Duration, what: &str) -> anyhow::Result<AppLock> {
         self.prepare_state_dir()?;
-        AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait)
+        AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait, what)
     }
 
     /// Like [`App::lock`], for an operator's command that must take effect promptly: when the daemon holds the
-    /// lock for a deploy, it is asked to cancel that step (`STATE_DIR/APP/cancel`), and the command waits long
-    /// enough for the daemon to reach safety (back on the last good release, if it had switched).
+    /// lock, it is asked to cancel its step (`STATE_DIR/APP/cancel`), and the command waits long enough for the
+    /// daemon to reach safety (back on the last good release, if it had switched: that way back is never
+    /// cancelled). Who holds the lock is read from the lock file itself, which its holder writes the moment it
+    /// takes it, so a command issued right after the daemon's switch still cancels it.
     pub fn lock_preempting(&self, wait: Duration, command: &str) -> anyhow::Result<AppLock> {
         if crate::progress::in_worker() {
-            return self.lock(wait);
+            return self.lock(wait, command);
         }
         self.prepare_state_dir()?;
         let path = self.state_dir.join("lock");
-        if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO) {
+        if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO, command) {
             return Ok(lock);
         }
-        let Some(daemon) = crate::daemon::info(self).filter(|d| d.activity.starts_with("deploying")) else {
-            return AppLock::acquire(&self.name, &path, wait);
+        let Some(daemon) = crate::lock::holder(&path).filter(|h| h.daemon) else {
+            return AppLock::acquire(&self.name, &path, wait, command);
         };
         let cancel = self.state_dir.join(crate::progress::CANCEL_FILE);
         let who = crate::history::Who::me();
@@ -107,12 +109,12 @@ impl App {
             "{}: the daemon (pid {}) is busy ({}); asked it to cancel that, waiting for it",
             self.name,
             daemon.pid,
-            daemon.activity
+            daemon.what
         );
         let h = &self.cfg.health;
         let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);
-        let enough = h.start_period + h.deadline + restart + Duration::from_secs(30);
-        let lock = AppLock::acquire(&self.name, &path, wait.max(enough));
+        let enough = restart + h.start_period + h.deadline + h.bake + Duration::from_secs(30);
+        let lock = AppLock::acquire(&self.name, &path, wait.max(enough), command);
         let _ = std::fs::remove_file(&cancel);
         lock
     }

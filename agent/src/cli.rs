@@ -20,16 +20,8 @@ use crate::version::Version;
 /// Version of every `--json` document; bumped only on incompatible changes.
 pub const JSON_SCHEMA: u32 = 1;
 
-const EXIT_CODES: &str = "Exit codes:
-  0  success
-  1  failed; nothing changed
-  2  usage or configuration error
-  3  deploy failed; rolled back to the last good release
-  4  rollback failed; the app needs a person
-  5  lock held by another command or the daemon (busy)";
-
 #[derive(Debug, Parser)]
-#[command(name = "switchback", version, about = "Atomic releases with health checks and automatic rollback", after_help = EXIT_CODES)]
+#[command(name = "switchback", version, about = "Atomic releases with health checks and automatic rollback", after_help = exit::help_text())]
 pub struct Cli {
     /// Configuration file [default: /etc/switchback/switchback.toml]; before the command (as root, it must be
     /// root's alone)
@@ -89,15 +81,31 @@ pub enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Hold an app on a version
+    /// Hold an app on a version (switching to it first, restarted and checked, if it runs another)
     Pin {
         app: String,
         version: String,
         #[arg(long)]
         reason: Option<String>,
+        /// Pin even a version marked bad
+        #[arg(long)]
+        force: bool,
     },
     /// Release a pin
     Unpin { app: String },
+    /// Clear what only a person may clear: the degraded state (after a failed rollback), and bad marks
+    Clear {
+        app: String,
+        /// Also clear this version's bad mark (repeatable)
+        #[arg(long = "bad", value_name = "VERSION")]
+        bad: Vec<String>,
+        /// Clear every bad mark
+        #[arg(long, conflicts_with = "bad")]
+        all_bad: bool,
+        /// Why (recorded in history)
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Remove old releases (never the current, last good or pinned one)
     Prune {
         app: String,
@@ -351,13 +359,40 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
             }
         }
-        Command::Pin { app: name, version: v, reason } => {
+        Command::Pin { app: name, version: v, reason, force } => {
             let v = version(v)?;
-            crate::pin::pin(&app(name)?, &v, reason.as_deref(), cli.wait)?;
+            let out = crate::pin::pin(&app(name)?, &v, reason.as_deref(), *force, cli.wait)?;
             if cli.json {
-                print_json(&serde_json::json!({ "app": name, "pin": v }))?;
+                print_json(&out)?;
             } else {
-                writeln!(so, "{name}: pinned to {v}")?;
+                match &out.switched_from {
+                    Some(from) => writeln!(
+                        so,
+                        "{name}: switched from {from} to {v} ({}) and pinned it",
+                        out.health.as_deref().unwrap_or("")
+                    )?,
+                    None => writeln!(so, "{name}: pinned to {v}")?,
+                }
+            }
+        }
+        Command::Clear { app: name, bad, all_bad, reason } => {
+            let bad = bad.iter().map(|v| version(v)).collect::<Result<Vec<_>, _>>()?;
+            let out = crate::clear::clear(&app(name)?, &bad, *all_bad, reason.as_deref(), cli.wait)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                let mut parts = Vec::new();
+                if let Some(d) = &out.degraded {
+                    parts.push(format!("no longer degraded (was: {d})"));
+                }
+                if !out.bad.is_empty() {
+                    parts.push(format!("no longer marked bad: {}", out.bad.join(", ")));
+                }
+                writeln!(
+                    so,
+                    "{name}: {}",
+                    if parts.is_empty() { "nothing to clear".to_owned() } else { parts.join("; ") }
+                )?;
             }
         }
         Command::Unpin { app: name } => {

@@ -305,7 +305,7 @@ async fn worker_loop(
     {
         let a = app.clone();
         if let Err(e) = blocking(&worker, move || {
-            let _lock = a.lock(Duration::from_secs(60))?;
+            let _lock = a.lock(Duration::from_secs(60), "reconcile")?;
             reconcile::reconcile(&a, &mut Timeline::new(false)).map(|_| ())
         })
         .await

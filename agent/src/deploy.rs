@@ -139,7 +139,13 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             }
             _ => {}
         }
-        if previous.as_ref() == Some(v) && state.in_flight.is_none() && !state.bad.contains_key(v) {
+        // A degraded app redeployed on its current version is restarted and verified again (that is how a person
+        // proves it healthy); otherwise there is nothing to do.
+        if previous.as_ref() == Some(v)
+            && state.in_flight.is_none()
+            && !state.bad.contains_key(v)
+            && state.degraded.is_none()
+        {
             tl.note(&format!("{v} is already current; nothing to do"));
             return Ok(DeployOutcome {
                 app: app.name.clone(),

@@ -19,8 +19,8 @@ pub enum Error {
     #[error("invalid usage: {0}")]
     Usage(String),
 
-    #[error("app `{app}` is busy: another switchback process held its lock for {waited_secs}s (lock file {path})")]
-    Busy { app: String, path: PathBuf, waited_secs: u64 },
+    #[error("app `{app}` is busy: {holder}; waited {waited_secs}s for its lock ({})", path.display())]
+    Busy { app: String, path: PathBuf, waited_secs: u64, holder: String },
 
     #[error(
         "another switchback daemon (pid {pid}) already runs on the state directory {}; one daemon per state \
@@ -66,6 +66,9 @@ pub enum Error {
     #[error("deploy of `{version}` to `{app}` failed ({reason}); rolled back to `{restored}`")]
     RolledBack { app: String, version: String, restored: String, reason: String },
 
+    #[error("switching `{app}` to `{target}` failed ({reason}); `{target}` is marked bad, and the app is back on `{restored}`, healthy")]
+    SwitchFailed { app: String, target: String, restored: String, reason: String },
+
     #[error("ROLLBACK FAILED for `{app}`: {reason}; the app needs a person")]
     RollbackFailed { app: String, reason: String },
 
@@ -105,7 +108,7 @@ impl Error {
                 exit::USAGE
             }
             Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
-            Error::RolledBack { .. } => exit::ROLLED_BACK,
+            Error::RolledBack { .. } | Error::SwitchFailed { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
             Error::ArchiveRefused { .. }
             | Error::VersionConflict { .. }

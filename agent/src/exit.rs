@@ -9,7 +9,7 @@ pub const SUCCESS: u8 = 0;
 pub const FAILED: u8 = 1;
 /// Usage or configuration error (bad flag, unknown app, invalid version, invalid config file).
 pub const USAGE: u8 = 2;
-/// The deploy failed and the app was rolled back to its last good release.
+/// The deploy (or an operator's rollback or pin) failed and the app is back on its last good release.
 pub const ROLLED_BACK: u8 = 3;
 /// A rollback failed: the app needs a person.
 pub const ROLLBACK_FAILED: u8 = 4;
@@ -21,10 +21,19 @@ pub const TABLE: &[(u8, &str)] = &[
     (SUCCESS, "success"),
     (FAILED, "failed; nothing changed"),
     (USAGE, "usage or configuration error"),
-    (ROLLED_BACK, "deploy failed; rolled back to the last good release"),
+    (ROLLED_BACK, "deploy or rollback failed; back on the last good release"),
     (ROLLBACK_FAILED, "rollback failed; the app needs a person"),
     (BUSY, "lock held by another command or the daemon"),
 ];
+
+/// The exit-code table as `--help` shows it.
+pub fn help_text() -> String {
+    let mut out = String::from("Exit codes:");
+    for (code, meaning) in TABLE {
+        out.push_str(&format!("\n  {code}  {meaning}"));
+    }
+    out
+}
 
 /// Maps an error chain to its exit code: the first typed [`Error`] in the chain decides; anything untyped is a
 /// plain failure.

@@ -12,6 +12,7 @@ pub mod version;
 mod activate;
 mod app;
 mod artifact;
+mod clear;
 mod command;
 mod crashpoint;
 mod daemon;

@@ -49,6 +49,38 @@ fn open_lock(path: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
+/// Who holds an app's lock, as its holder writes it into the lock file right after taking it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Holder {
+    pub pid: u32,
+    /// Whether the holder is the daemon (one of its workers).
+    pub daemon: bool,
+    /// What it is doing: "deploy", "rollback", "accept a manifest", ...
+    pub what: String,
+    pub since: String,
+}
+
+impl Holder {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (pid {}) holds it for `{}` since {}",
+            if self.daemon { "the daemon" } else { "another switchback command" },
+            self.pid,
+            self.what,
+            self.since
+        )
+    }
+}
+
+/// The holder named in a lock file, if it is still alive.
+pub fn holder(path: &Path) -> Option<Holder> {
+    let text = std::fs::read(path).ok()?;
+    let h: Holder = serde_json::from_slice(&text).ok()?;
+    let pid = rustix::process::Pid::from_raw(h.pid as i32)?;
+    rustix::process::test_kill_process(pid).ok()?;
+    Some(h)
+}
+
 /// Held for as long as the value lives.
 #[derive(Debug)]
 pub struct AppLock {
@@ -56,20 +88,38 @@ pub struct AppLock {
 }
 
 impl AppLock {
-    /// Takes the lock, waiting up to `wait`; then fails with [`Error::Busy`].
-    pub fn acquire(app: &str, path: &Path, wait: Duration) -> anyhow::Result<AppLock> {
+    /// Takes the lock for `what`, waiting up to `wait`; then fails with [`Error::Busy`], naming the holder.
+    pub fn acquire(app: &str, path: &Path, wait: Duration, what: &str) -> anyhow::Result<AppLock> {
+        use std::os::unix::fs::FileExt;
         let file = open_lock(path)?;
         let start = Instant::now();
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(AppLock { _file: file }),
+                Ok(()) => {
+                    let me = Holder {
+                        pid: std::process::id(),
+                        daemon: crate::progress::in_worker(),
+                        what: what.to_owned(),
+                        since: crate::fsutil::now_rfc3339(),
+                    };
+                    // Only for messages: a failure to say who holds it does not fail the command.
+                    let text = serde_json::to_vec(&me).unwrap_or_default();
+                    let _ = file.set_len(0).and_then(|()| file.write_all_at(&text, 0));
+                    return Ok(AppLock { _file: file });
+                }
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {}
                 Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display())),
             }
             if start.elapsed() >= wait {
-                return Err(
-                    Error::Busy { app: app.to_owned(), path: path.to_owned(), waited_secs: wait.as_secs() }.into()
-                );
+                let holder =
+                    holder(path).map_or_else(|| "another switchback process holds it".to_owned(), |h| h.describe());
+                return Err(Error::Busy {
+                    app: app.to_owned(),
+                    path: path.to_owned(),
+                    waited_secs: wait.as_secs(),
+                    holder,
+                }
+                .into());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -100,6 +100,17 @@ static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<Worker>>> = const { RefCell::new(None) };
+    /// Whether an operator's cancel request applies to the work on this thread now.
+    static CANCELLABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with operators' cancel requests ignored (a shutdown still interrupts it): the way back to the last
+/// good release is what a cancel asks for, so it is never itself cancelled.
+pub fn uncancellable<T>(f: impl FnOnce() -> T) -> T {
+    let before = CANCELLABLE.with(|c| c.replace(false));
+    let out = f();
+    CANCELLABLE.with(|c| c.set(before));
+    out
 }
 
 fn epoch() -> Instant {
@@ -149,7 +160,10 @@ pub fn set_activity(text: impl Into<String>) {
 
 /// Whether the work on this thread should stop. Always `None` outside the daemon.
 pub fn interrupted() -> Option<Interrupt> {
-    with_current(Worker::interrupted).flatten()
+    match with_current(Worker::interrupted).flatten() {
+        Some(Interrupt::Cancel(_)) if !CANCELLABLE.with(|c| c.get()) => None,
+        other => other,
+    }
 }
 
 /// Sleeps for `d` in short slices, beating, and returns early when interrupted.

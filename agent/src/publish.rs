@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +113,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             (None, Some(file)) => file.clone(),
             _ => return Err(Error::Usage("give either a directory to pack or --file ARCHIVE".to_owned()).into()),
         };
+        check_archive(&archive)?;
         let (sha, size) = crate::deploy::sha256_file(&archive)?;
         match existing {
             Some((old, _)) if old == sha => (sha, size, false),
@@ -177,6 +179,18 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
 const MAX_EXPIRES_IN: Duration = Duration::from_secs(3650 * 86400);
 /// The agents' default `max_manifest_lifetime` (publish warns above it).
 const DEFAULT_AGENT_LIFETIME: Duration = Duration::from_secs(90 * 86400);
+
+/// Unpacks `archive` into a throwaway directory with the agents' own unpacker and default limits: an archive
+/// every host would refuse never reaches a channel (the version would be burned for good).
+fn check_archive(archive: &Path) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a directory to check the archive in")?;
+    let fd = File::open(dir.path()).with_context(|| format!("opening {}", dir.path().display()))?;
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let limits = crate::config::Limits::default();
+    crate::unpack::unpack_tar_zst(std::io::BufReader::with_capacity(64 << 10, file), fd.as_fd(), &limits, None)
+        .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source })?;
+    Ok(())
+}
 
 fn days(d: Duration) -> String {
     format!("{}d", d.as_secs() / 86400)

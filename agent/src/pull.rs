@@ -81,7 +81,7 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
         tracing::warn!("{}: refused manifest {from}: {}", app.name, r.reason);
         return Err(AcceptError::Refused(r));
     }
-    let _lock = app.lock(Duration::from_secs(2)).map_err(AcceptError::Other)?;
+    let _lock = app.lock(Duration::from_secs(2), "accept a manifest").map_err(AcceptError::Other)?;
     let mut state = app.load_state().map_err(AcceptError::Other)?;
     let now = SystemTime::now();
     match manifest::check(

@@ -36,6 +36,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
         match (f.op, f.step) {
             (_, Step::Unpacking | Step::Released) | (Op::Deploy, Step::Switching | Step::Checking) if !live => {
                 state.in_flight = None;
+                state.mark_on_commit = None;
                 state.current = actual.clone();
                 notes.push(
                     format!(
@@ -61,7 +62,10 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
                 ev.previous = f.previous.as_ref().map(ToString::to_string);
                 tl.note(&format!("recovering: {}", notes.last().map(String::as_str).unwrap_or("")));
                 let verdict =
-                    match activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev) {
+                    // Finishing the journal is the way to safety: an operator's cancel does not interrupt it.
+                    match crate::progress::uncancellable(|| {
+                        activate::go_live(app, &mut state, &f.version, f.previous.as_ref(), f.op, tl, &mut ev)
+                    }) {
                         // Live, but no longer what was verified: never restarted as it is; handled like a failed check.
                         Err(e)
                             if matches!(

@@ -19,7 +19,7 @@ pub struct PruneOutcome {
 
 pub fn prune(app: &App, keep: Option<usize>, wait: Duration, print: bool) -> anyhow::Result<PruneOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = app.lock(wait)?;
+    let _lock = app.lock(wait, "prune")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let keep = keep.unwrap_or(app.cfg.keep);
     let mut ev = app.event("prune");

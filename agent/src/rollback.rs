@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::history::Timing;
 use crate::reconcile;
-use crate::state::Op;
+use crate::state::PendingMark;
 use crate::timeline::Timeline;
 use crate::version::Version;
 
@@ -91,19 +91,17 @@ pub fn rollback(
     ev.reason = reason.map(str::to_owned);
     tl.note(&format!("rolling back {} from {current} to {target}", app.name));
     let health = app.recorded(ev, &mut tl, |ev, tl| {
+        // The release left behind is marked bad (so no automation brings it back) once the app has left it: the
+        // mark is journaled with the switch, and dropped if the target fails and the app goes back to it.
         let why =
             format!("manual rollback by {}{}", ev.who.describe(), reason.map(|r| format!(": {r}")).unwrap_or_default());
-        state.mark_bad(&current, &why);
-        match activate::go_live(app, &mut state, &target, Some(&current), Op::Rollback, tl, ev)? {
+        state.mark_on_commit = Some(PendingMark { version: current.clone(), reason: why });
+        match activate::switch_to(app, &mut state, &target, &current, tl, ev)? {
             Ok(health) => {
-                state.bad.remove(&target);
-                state.commit(&target);
-                app.save_state(&state)?;
-                crate::crashpoint::hit("rollback-after-commit");
                 activate::after_rollback(app, &target, &current, ev);
                 Ok(health)
             }
-            Err(reason) => Err(activate::degrade(app, &mut state, &target, &reason)?.into()),
+            Err(e) => Err(e.into()),
         }
     })?;
     Ok(RollbackOutcome {

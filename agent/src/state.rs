@@ -35,6 +35,16 @@ pub struct AppState {
     /// The last channel manifest accepted (its sequence only grows; see `manifest`).
     #[serde(default)]
     pub channel: Option<crate::manifest::Accepted>,
+    /// A bad mark the switch in flight applies when it commits (a manual rollback marks the release it leaves
+    /// only once it has left it): journaled with the switch, so a crash in between still applies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark_on_commit: Option<PendingMark>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingMark {
+    pub version: Version,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -154,6 +164,11 @@ impl AppState {
 
     /// `version` is live and proven good.
     pub fn commit(&mut self, version: &Version) {
+        if let Some(m) = self.mark_on_commit.take() {
+            if m.version != *version {
+                self.mark_bad(&m.version, &m.reason);
+            }
+        }
         self.good_counter += 1;
         if let Some(r) = self.releases.get_mut(version) {
             r.good_seq = Some(self.good_counter);

@@ -90,6 +90,8 @@ pub enum Refusal {
     Truncated,
     #[error("the stream is corrupt")]
     Corrupt,
+    #[error("it is {format}, not zstd: releases are .tar.zst, tar compressed with zstd (`tar --zstd -cf`, or `switchback publish DIR`)")]
+    NotZstd { format: &'static str },
     #[error("the zstd window exceeds the limit of {max} bytes")]
     WindowTooLarge { max: u64 },
     #[error("non-zero data follows the end of the archive")]
@@ -148,11 +150,44 @@ pub fn unpack_tar_zst<R: Read>(
     limits: &Limits,
     group: Option<Gid>,
 ) -> Result<Report, UnpackError> {
+    // The first bytes say whether this is zstd at all: another format is named, not called corrupt.
+    let mut input = input;
+    let mut head = Vec::with_capacity(512);
+    (&mut input).take(512).read_to_end(&mut head).map_err(|e| stream_error(None, e, limits))?;
+    if let Some(format) = not_zstd(&head) {
+        return Err(UnpackError::new(None, Refusal::NotZstd { format }));
+    }
+    let input = io::Cursor::new(head).chain(input);
     let mut decoder =
         zstd::stream::read::Decoder::new(input).map_err(|e| UnpackError::io(None, Refusal::Corrupt, e))?;
     let window_log = 63 - limits.max_window.leading_zeros();
     decoder.window_log_max(window_log).map_err(|e| UnpackError::io(None, Refusal::Corrupt, e))?;
     unpack_tar(EofWatch { inner: decoder, eof: false }, dir, limits, group)
+}
+
+/// What a stream that does not start like zstd is, when its first bytes say so.
+fn not_zstd(head: &[u8]) -> Option<&'static str> {
+    const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    // Skippable frames (0x184D2A50..5F, little-endian) may come first in a zstd stream.
+    let skippable = head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18];
+    if head.len() < 4 || head.starts_with(&ZSTD) || skippable {
+        return None;
+    }
+    Some(if head.starts_with(&[0x1f, 0x8b]) {
+        "a gzip stream (.tar.gz)"
+    } else if head.starts_with(b"BZh") {
+        "a bzip2 stream (.tar.bz2)"
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        "an xz stream (.tar.xz)"
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+        "an lz4 stream"
+    } else if head.starts_with(b"PK\x03\x04") {
+        "a zip archive"
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        "an uncompressed tar archive"
+    } else {
+        "in no format switchback knows"
+    })
 }
 
 /// Unpacks an uncompressed tar stream. Exposed for tests and for the fuzz target.
