@@ -80,7 +80,7 @@ pub fn go_live(
         }
     }
     let verdict = tl.step("checks", || {
-        health::verify(app, v, &release_dir, &restarted).map(|verdict| {
+        health::verify(app, v, &release_dir, &restarted, op == Op::Deploy).map(|verdict| {
             let detail = match &verdict {
                 Ok(s) | Err(s) => s.clone(),
             };

@@ -12,6 +12,7 @@ use crate::lock::AppLock;
 use crate::owner::Owner;
 use crate::state::AppState;
 use crate::store::Store;
+use crate::version::Version;
 
 #[derive(Debug, Clone)]
 pub struct App {
@@ -78,7 +79,7 @@ impl App {
     /// Creates the state directory and takes the app's lock for `what` (named to whoever finds it busy).
     pub fn lock(&self, wait: Duration, what: &str) -> anyhow::Result<AppLock> {
         self.prepare_state_dir()?;
-        AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait, what)
+        AppLock::acquire(&self.name, &self.state_dir.join("lock"), wait, what, None)
     }
 
     /// Like [`App::lock`], for an operator's command that must take effect promptly: when the daemon holds the
@@ -86,18 +87,35 @@ impl App {
     /// daemon to reach safety (back on the last good release, if it had switched: that way back is never
     /// cancelled). Who holds the lock is read from the lock file itself, which its holder writes the moment it
     /// takes it, so a command issued right after the daemon's switch still cancels it.
-    pub fn lock_preempting(&self, wait: Duration, command: &str) -> anyhow::Result<AppLock> {
+    ///
+    /// `wants` is the version the command brings the app to, if it names one: a daemon deploying exactly that
+    /// version is not cancelled, only waited for.
+    pub fn lock_preempting(&self, wait: Duration, command: &str, wants: Option<&Version>) -> anyhow::Result<AppLock> {
+        let path = self.state_dir.join("lock");
+        let version = wants.map(Version::as_str);
         if crate::progress::in_worker() {
-            return self.lock(wait, command);
+            self.prepare_state_dir()?;
+            return AppLock::acquire(&self.name, &path, wait, command, version);
         }
         self.prepare_state_dir()?;
-        let path = self.state_dir.join("lock");
-        if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO, command) {
+        if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO, command, version) {
             return Ok(lock);
         }
         let Some(daemon) = crate::lock::holder(&path).filter(|h| h.daemon) else {
-            return AppLock::acquire(&self.name, &path, wait, command);
+            return AppLock::acquire(&self.name, &path, wait, command, version);
         };
+        let h = &self.cfg.health;
+        let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);
+        let enough = restart + h.start_period + h.deadline + h.bake + Duration::from_secs(30);
+        if wants.is_some() && daemon.version.as_deref() == version {
+            crate::progress::note!(
+                "{}: the daemon (pid {}) is already bringing it to {}; waiting for it",
+                self.name,
+                daemon.pid,
+                version.unwrap_or("")
+            );
+            return AppLock::acquire(&self.name, &path, wait.max(enough), command, version);
+        }
         let cancel = self.state_dir.join(crate::progress::CANCEL_FILE);
         let who = crate::history::Who::me();
         crate::fsutil::write_atomic(
@@ -106,15 +124,13 @@ impl App {
         )
         .with_context(|| format!("writing {}", cancel.display()))?;
         crate::progress::note!(
-            "{}: the daemon (pid {}) is busy ({}); asked it to cancel that, waiting for it",
+            "{}: the daemon (pid {}) is busy ({}{}); asked it to cancel that, waiting for it",
             self.name,
             daemon.pid,
-            daemon.what
+            daemon.what,
+            daemon.version.as_ref().map(|v| format!(" {v}")).unwrap_or_default()
         );
-        let h = &self.cfg.health;
-        let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);
-        let enough = restart + h.start_period + h.deadline + h.bake + Duration::from_secs(30);
-        let lock = AppLock::acquire(&self.name, &path, wait.max(enough), command);
+        let lock = AppLock::acquire(&self.name, &path, wait.max(enough), command, version);
         let _ = std::fs::remove_file(&cancel);
         lock
     }

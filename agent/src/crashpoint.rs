@@ -17,7 +17,7 @@
 //!   `during-bake` (each turn of the bake window), `after-commit`, `after-record` (the event is in history, its
 //!   pending copy not yet removed: every recorded command passes it);
 //! - rollback, manual or automatic: `rollback-before-switch`, `after-temp-symlink`, `rollback-after-switch`,
-//!   `rollback-after-state-write`, `during-restart`, `rollback-after-restart`, `during-checks`, `during-bake`,
+//!   `rollback-after-state-write`, `during-restart`, `rollback-after-restart`, `during-checks` (a rollback does not bake),
 //!   `rollback-after-commit`;
 //! - prune (explicit or after a deploy): `prune-after-trash-rename` (a release renamed to trash, not yet deleted),
 //!   `prune-mid-remove` (after each release removed and the state saved);

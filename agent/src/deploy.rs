@@ -57,7 +57,7 @@ pub struct DeployOutcome {
 
 pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
     let mut tl = Timeline::new(print);
-    let _lock = app.lock_preempting(wait, "deploy")?;
+    let _lock = app.lock_preempting(wait, "deploy", Some(&req.version))?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let mut ev = app.event("deploy");
     ev.version = Some(req.version.to_string());

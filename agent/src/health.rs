@@ -121,13 +121,18 @@ fn round(app: &App, version: &str, release_dir: &Path, restarted: &Restarted) ->
 /// Applies the app's health policy. The inner `Ok` carries a one-line summary, the inner `Err` the reason for
 /// rolling back (an operator's cancel request is one). The outer error is the daemon's shutdown: the release stays
 /// live and unproven, and the journal makes the next start verify it again.
+///
+/// `bake` is whether the bake window applies: it does for a deploy; a rollback goes back to a release that was
+/// proven before, and is done once it passes `healthy_after` rounds (getting back to safety fast is its point).
 pub fn verify(
     app: &App,
     version: &str,
     release_dir: &Path,
     restarted: &Restarted,
+    bake: bool,
 ) -> Result<Result<String, String>, Error> {
     let policy = &app.cfg.health;
+    let bake_for = if bake { policy.bake } else { Duration::ZERO };
     if app.cfg.checks.is_empty() {
         // Unchecked: only the restart (and, for a unit, its state right after) decides.
         return Ok(service::unit_still_up(restarted).map(|()| "unchecked: the restart succeeded".to_owned()));
@@ -175,7 +180,7 @@ pub fn verify(
         }
     }
     let healthy_at = start.elapsed();
-    let bake_end = Instant::now() + policy.bake;
+    let bake_end = Instant::now() + bake_for;
     while Instant::now() < bake_end {
         crate::crashpoint::hit("during-bake");
         progress::set_activity(format!(
@@ -195,8 +200,8 @@ pub fn verify(
         }
     }
     let mut summary = format!("healthy after {} ({} passes)", fmt_secs(healthy_at), policy.healthy_after);
-    if !policy.bake.is_zero() {
-        summary.push_str(&format!(", baked {}", humantime::format_duration(policy.bake)));
+    if !bake_for.is_zero() {
+        summary.push_str(&format!(", baked {}", humantime::format_duration(bake_for)));
     }
     Ok(Ok(summary))
 }

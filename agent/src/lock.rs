@@ -57,16 +57,20 @@ pub struct Holder {
     pub daemon: bool,
     /// What it is doing: "deploy", "rollback", "accept a manifest", ...
     pub what: String,
+    /// The version it is bringing the app to, when it says.
+    #[serde(default)]
+    pub version: Option<String>,
     pub since: String,
 }
 
 impl Holder {
     pub fn describe(&self) -> String {
         format!(
-            "{} (pid {}) holds it for `{}` since {}",
+            "{} (pid {}) holds it for `{}{}` since {}",
             if self.daemon { "the daemon" } else { "another switchback command" },
             self.pid,
             self.what,
+            self.version.as_ref().map(|v| format!(" {v}")).unwrap_or_default(),
             self.since
         )
     }
@@ -89,7 +93,13 @@ pub struct AppLock {
 
 impl AppLock {
     /// Takes the lock for `what`, waiting up to `wait`; then fails with [`Error::Busy`], naming the holder.
-    pub fn acquire(app: &str, path: &Path, wait: Duration, what: &str) -> anyhow::Result<AppLock> {
+    pub fn acquire(
+        app: &str,
+        path: &Path,
+        wait: Duration,
+        what: &str,
+        version: Option<&str>,
+    ) -> anyhow::Result<AppLock> {
         use std::os::unix::fs::FileExt;
         let file = open_lock(path)?;
         let start = Instant::now();
@@ -100,6 +110,7 @@ impl AppLock {
                         pid: std::process::id(),
                         daemon: crate::progress::in_worker(),
                         what: what.to_owned(),
+                        version: version.map(str::to_owned),
                         since: crate::fsutil::now_rfc3339(),
                     };
                     // Only for messages: a failure to say who holds it does not fail the command.

@@ -26,7 +26,7 @@ pub struct Pinned {
 /// app goes back to where it was and nothing is pinned.
 pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait: Duration) -> anyhow::Result<Pinned> {
     let mut tl = Timeline::new(false);
-    let _lock = app.lock_preempting(wait, "pin")?;
+    let _lock = app.lock_preempting(wait, "pin", Some(version))?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let on_disk = app.store.on_disk()?;
     if !on_disk.contains(version) {

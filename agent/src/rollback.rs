@@ -34,7 +34,7 @@ pub fn rollback(
 ) -> anyhow::Result<RollbackOutcome> {
     let mut tl = Timeline::new(print);
     let before = app.store.current()?;
-    let _lock = app.lock_preempting(wait, "rollback")?;
+    let _lock = app.lock_preempting(wait, "rollback", to)?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let current = app.store.current()?.ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?;
     if let (None, Some(before)) = (to, &before) {

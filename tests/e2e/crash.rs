@@ -334,7 +334,6 @@ fn every_rollback_crash_point_converges() {
         ("during-restart", "v1", FINISH_CHECKING),
         ("rollback-after-restart", "v1", FINISH_CHECKING),
         ("during-checks", "v1", FINISH_CHECKING),
-        ("during-bake", "v1", FINISH_CHECKING),
         ("rollback-after-commit", "v1", &[]),
         ("after-record", "v1", &[]),
     ];

@@ -549,7 +549,7 @@ fn a_manual_rollback_cancels_the_daemons_deploy_promptly() {
     let out = host.run(&["rollback", "web", "--reason", "stop that"]);
     out.expect(0);
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(10), "the rollback waited {took:?} for a 60 s bake");
+    assert!(took < Duration::from_secs(10), "the rollback waited {took:?} for a 60 s bake: {out:?}");
     assert_eq!(host.current().as_deref(), Some("1.0.0"));
     let status = host.run(&["status", "web", "--json"]).json()["apps"][0].clone();
     let bad = status["bad"].as_array().unwrap();
