@@ -226,9 +226,15 @@ impl App {
         ev.duration_ms = tl.elapsed_ms();
         ev.steps = tl.steps.clone();
         if let Err(e) = &result {
+            let interrupted = e.chain().any(|c| {
+                matches!(c.downcast_ref::<crate::error::Error>(), Some(crate::error::Error::Interrupted { .. }))
+            });
             ev.outcome = match crate::exit::code_for(e) {
+                // Stopped by the daemon's shutdown at a safe point: the journal finishes it at the next start.
+                _ if interrupted => "interrupted",
                 crate::exit::ROLLED_BACK => "rolled-back",
                 crate::exit::ROLLBACK_FAILED => "rollback-failed",
+                crate::exit::BUSY => "busy",
                 _ => "failed",
             }
             .to_owned();

@@ -271,6 +271,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         version: v,
                         force: *force,
                         reason: reason.clone(),
+                        fetched: None,
                     },
                     cli.wait,
                     print,
@@ -423,24 +424,31 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check { app: name } => {
             let app = app(name)?;
             let results = crate::status::check_now(&app)?;
+            let failed = results.iter().find(|r| !r.ok).map(|bad| Error::CheckFailed {
+                app: app.name.clone(),
+                reason: format!("{}: {}", bad.check, bad.detail),
+            });
             if cli.json {
-                print_json(
-                    &serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results }),
-                )?;
-            } else if results.is_empty() {
-                writeln!(so, "{}: no health checks configured (unchecked)", app.name)?;
-            }
-            if !cli.json {
+                // One document, failed or not: the results, and the error with its exit code when one failed.
+                let mut doc =
+                    serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results });
+                doc["healthy"] = failed.is_none().into();
+                if let Some(e) = &failed {
+                    doc["error"] = e.to_string().into();
+                    doc["exit_code"] = e.exit_code().into();
+                }
+                print_json(&doc)?;
+            } else {
+                if results.is_empty() {
+                    writeln!(so, "{}: no health checks configured (unchecked)", app.name)?;
+                }
                 for r in &results {
                     writeln!(so, "{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail)?;
                 }
             }
-            if let Some(bad) = results.iter().find(|r| !r.ok) {
-                return Err(Error::CheckFailed {
-                    app: app.name.clone(),
-                    reason: format!("{}: {}", bad.check, bad.detail),
-                }
-                .into());
+            if let Some(e) = failed {
+                crate::progress::note!("error: {e}");
+                return Ok(e.exit_code());
             }
         }
         Command::Config { command: ConfigCommand::Check } => {

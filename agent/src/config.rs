@@ -417,6 +417,16 @@ impl Config {
                     return Err(format!("{}: plain http:// needs `allow_http = true`", key("source")));
                 }
             }
+            if let Some(e) = &app.endpoint {
+                if e.starts_with("http://") && !app.allow_http {
+                    return Err(format!(
+                        "{}: `{}` is plain http, which sends request signatures and tokens in clear text; set \
+                         `allow_http = true` to allow it (loopback test servers), or use https://",
+                        key("endpoint"),
+                        crate::redact::url(e)
+                    ));
+                }
+            }
             let d = &app.download;
             if d.stall.is_zero() || d.deadline.is_zero() || d.attempts == 0 {
                 return Err(format!("{}: stall, deadline and attempts must be greater than zero", key("download")));
@@ -493,6 +503,36 @@ impl Config {
                     return Err(format!("{k}.unit_active: the app has no systemd `service.unit`"));
                 }
             }
+            for (k, t) in [
+                ("health.deadline", app.health.deadline),
+                ("hooks.timeout", app.hooks.timeout),
+                ("max_manifest_lifetime", app.max_manifest_lifetime),
+            ]
+            .into_iter()
+            .chain(app.service.as_ref().map(|s| ("service.timeout", s.timeout)))
+            .chain(app.checks.iter().map(|c| ("checks[].timeout", c.timeout)))
+            {
+                if t.is_zero() {
+                    return Err(format!("{}: expected more than 0s", key(k)));
+                }
+            }
+            if let Some(argv) = app.service.as_ref().and_then(|s| s.restart.as_ref()) {
+                program_exists(&argv[0]).map_err(|e| format!("{}: {e}", key("service.restart")))?;
+            }
+            for (hook, argv) in [
+                ("before_activate", &app.hooks.before_activate),
+                ("after_activate", &app.hooks.after_activate),
+                ("after_rollback", &app.hooks.after_rollback),
+            ] {
+                if let Some(p) = argv.as_ref().and_then(|a| a.first()) {
+                    program_exists(p).map_err(|e| format!("{}: {e}", key(&format!("hooks.{hook}"))))?;
+                }
+            }
+            for (i, c) in app.checks.iter().enumerate() {
+                if let Some(p) = c.exec.as_ref().and_then(|a| a.first()) {
+                    program_exists(p).map_err(|e| format!("{}: {e}", key(&format!("checks[{i}].exec"))))?;
+                }
+            }
             let h = &app.health;
             if h.healthy_after == 0 {
                 return Err(format!("{}: expected at least 1", key("health.healthy_after")));
@@ -511,6 +551,31 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// A configured program must exist: an absolute path to an executable file, or a bare name found on `PATH`. A
+/// relative path with a slash is the release's own (it runs from the release directory) and is checked when it
+/// runs, against the release's index.
+fn program_exists(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.starts_with('/') {
+        return if executable(Path::new(program)) {
+            Ok(())
+        } else {
+            Err(format!("`{program}` is not an executable file on this host"))
+        };
+    }
+    if program.contains('/') {
+        return Ok(());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program))) {
+        Ok(())
+    } else {
+        Err(format!("`{program}` is not found on PATH on this host"))
     }
 }
 

@@ -40,6 +40,15 @@ pub struct DaemonInfo {
     pub activity: String,
     pub last_poll: String,
     pub updated_at: String,
+    /// The channel URL the daemon polls (redacted), if the app has a source.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The last refusal and when, kept until a newer manifest is accepted.
+    #[serde(default)]
+    pub last_refusal: Option<String>,
+    /// The daemon's own check of the current release while idle (once per poll).
+    #[serde(default)]
+    pub health: Option<crate::state::HealthSummary>,
 }
 
 pub const INFO_FILE: &str = "daemon.json";
@@ -57,8 +66,8 @@ struct Handle {
     cfg: watch::Sender<(App, Duration)>,
     worker: Arc<Worker>,
     join: tokio::task::JoinHandle<()>,
-    /// The activity and last poll last written to `daemon.json` (written again only when they change).
-    written: Option<(String, String)>,
+    /// What was last written to `daemon.json` (written again only when it changes).
+    written: Option<DaemonInfo>,
 }
 
 pub fn run(config_path: &Path) -> anyhow::Result<u8> {
@@ -242,19 +251,23 @@ fn status_line(handles: &BTreeMap<String, Handle>) -> String {
 /// Writes each app's `daemon.json` that changed, on the blocking pool (the async thread never waits on a disk).
 fn write_infos(handles: &mut BTreeMap<String, Handle>) {
     for h in handles.values_mut() {
-        let now = (h.worker.activity(), h.worker.poll());
-        if h.written.as_ref() == Some(&now) {
+        let app = h.cfg.borrow().0.clone();
+        let mut info = DaemonInfo {
+            pid: std::process::id(),
+            activity: h.worker.activity(),
+            last_poll: h.worker.poll(),
+            updated_at: String::new(),
+            source: app.cfg.source.as_ref().map(|_| pull::channel_url(&app)),
+            last_refusal: h.worker.refusal(),
+            health: h.worker.health(),
+        };
+        if h.written.as_ref() == Some(&info) {
             continue;
         }
+        h.written = Some(info.clone());
+        info.updated_at = fsutil::now_rfc3339();
         let path = h.worker_info_path();
-        let group = h.cfg.borrow().0.read_group;
-        let info = DaemonInfo {
-            pid: std::process::id(),
-            activity: now.0.clone(),
-            last_poll: now.1.clone(),
-            updated_at: fsutil::now_rfc3339(),
-        };
-        h.written = Some(now);
+        let group = app.read_group;
         tokio::task::spawn_blocking(move || {
             let written = serde_json::to_vec_pretty(&info)
                 .map_err(anyhow::Error::from)
@@ -293,6 +306,42 @@ struct Memory {
     refused: HashSet<(String, String)>,
     /// The last reason logged for not deploying what the channel wants (logged once).
     held: String,
+    /// A poll failure that repeats: logged once, then summarised.
+    trouble: Trouble,
+}
+
+/// A condition that may repeat at every poll (the bucket away, no manifest published): said when it starts, then
+/// summarised now and then (after 10 and 100 repeats, then every hour), and once more when it ends.
+#[derive(Default)]
+struct Trouble {
+    current: Option<(String, u64, std::time::Instant, String)>,
+    last_summary: Option<std::time::Instant>,
+}
+
+impl Trouble {
+    fn report(&mut self, app: &str, now: Option<String>) {
+        match (now, self.current.take()) {
+            (None, None) => {}
+            (None, Some((what, n, _, since))) => {
+                tracing::info!("{app}: resolved after {n} poll(s) since {since}: {what}");
+                self.last_summary = None;
+            }
+            (Some(what), Some((same, n, started, since))) if same == what => {
+                let n = n + 1;
+                let hourly = self.last_summary.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+                if n == 10 || n == 100 || (n > 100 && hourly) {
+                    tracing::warn!("{app}: still ({n} polls since {since}): {what}");
+                    self.last_summary = Some(std::time::Instant::now());
+                }
+                self.current = Some((what, n, started, since));
+            }
+            (Some(what), _) => {
+                tracing::warn!("{app}: {what}");
+                self.current = Some((what, 1, std::time::Instant::now(), fsutil::now_rfc3339()));
+                self.last_summary = None;
+            }
+        }
+    }
 }
 
 async fn worker_loop(
@@ -330,23 +379,38 @@ async fn worker_loop(
             }
             if let Some(src) = &src {
                 let polled = pull::poll_channel(&app, src, &mut mem.etag).await;
-                let text = match &polled {
-                    Ok(Polled::Unchanged) => "unchanged".to_owned(),
-                    Ok(Polled::Missing) => format!("no manifest published for channel {}", app.cfg.channel),
-                    Ok(Polled::Accepted { version, new: true }) => format!("accepted a new manifest: {version}"),
-                    Ok(Polled::Accepted { version, new: false }) => format!("manifest names {version}"),
-                    Ok(Polled::Refused { reason }) => format!("refused the manifest: {reason}"),
+                let now = fsutil::now_rfc3339();
+                let url = pull::channel_url(&app);
+                let (text, trouble) = match &polled {
+                    Ok(Polled::Unchanged) => ("unchanged".to_owned(), None),
+                    Ok(Polled::Missing) => {
+                        let t = format!("no manifest is published at {url}");
+                        (t.clone(), Some(t))
+                    }
+                    Ok(Polled::Accepted { version, new: true }) => {
+                        worker.set_refusal(None);
+                        (format!("accepted a new manifest: {version}"), None)
+                    }
+                    Ok(Polled::Accepted { version, new: false }) => (format!("manifest names {version}"), None),
+                    Ok(Polled::Refused { reason }) => {
+                        worker.set_refusal(Some(format!("{now} refused the manifest {url}: {reason}")));
+                        (format!("refused the manifest: {reason}"), None)
+                    }
                     Err(e) => {
-                        tracing::warn!("{}: poll failed: {e}", app.name);
-                        format!("poll failed: {e}")
+                        let t = format!("poll failed ({url}): {e}");
+                        (t.clone(), Some(t))
                     }
                 };
-                worker.set_poll(format!("{} {text}", fsutil::now_rfc3339()));
+                mem.trouble.report(&app.name, trouble);
+                worker.set_poll(format!("{now} {text}"));
             }
             if *stop.borrow() {
                 return;
             }
             converge(&app, src.as_ref(), &worker, &mut mem).await;
+            if !*stop.borrow() {
+                idle_health(&app, &worker).await;
+            }
             let delay = poll.mul_f64(0.9 + fastrand::f64() * 0.2);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -364,6 +428,47 @@ async fn worker_loop(
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+/// Between deploys, the daemon checks the current release once per poll, so `status` says how it is now, not
+/// how it was when it went live. Nothing else follows from it: a release that turns unhealthy after its bake is
+/// reported, not rolled back (that is a person's call, or the next release's).
+async fn idle_health(app: &App, worker: &Arc<Worker>) {
+    if app.cfg.checks.is_empty() {
+        return;
+    }
+    let a = app.clone();
+    let checked = blocking(worker, move || {
+        let Some(current) = a.store.current()? else { return Ok(None) };
+        let results = crate::status::check_now(&a)?;
+        let failed = results.iter().find(|r| !r.ok);
+        Ok(Some(crate::state::HealthSummary {
+            at: fsutil::now_rfc3339(),
+            version: Some(current),
+            healthy: failed.is_none(),
+            detail: match failed {
+                Some(r) => format!("{}: {}", r.check, r.detail),
+                None => format!("{} check(s) passed", results.len()),
+            },
+        }))
+    })
+    .await;
+    match checked {
+        Ok(h) => {
+            if let Some(h) = h.as_ref().filter(|h| !h.healthy) {
+                if worker.health().is_none_or(|old| old.healthy) {
+                    tracing::warn!(
+                        "{}: {} is not healthy now: {}",
+                        app.name,
+                        h.version.as_ref().map_or("?", |v| v.as_str()),
+                        h.detail
+                    );
+                }
+            }
+            worker.set_health(h);
+        }
+        Err(e) => tracing::debug!("{}: idle check: {e:#}", app.name),
     }
 }
 
@@ -412,7 +517,15 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     };
     use Converged::{Later, Settled};
     if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
-        let health = state.last_health.as_ref().map_or("", |h| if h.healthy { " healthy" } else { " unhealthy" });
+        // The newest word on the current release: the daemon's idle check, else the deploy's.
+        let newest = worker.health().filter(|h| h.version.as_ref() == Some(&v)).or(state.last_health.clone());
+        let health = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map_or("", |h| {
+            if h.healthy {
+                " healthy"
+            } else {
+                " UNHEALTHY"
+            }
+        });
         worker.set_activity(format!("on {v}{health}"));
         return Settled;
     }
@@ -437,6 +550,7 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     }
     mem.held.clear();
     let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
+    let mut fetched = None;
     let archive = if have {
         // An artifact left from a deploy a shutdown interrupted is not needed any more.
         let left = pull::downloads_dir(app).join(format!("{}.tar.zst", want.sha256));
@@ -444,15 +558,21 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         None
     } else {
         worker.set_activity(format!("on {current}; downloading {v}"));
-        match pull::fetch_artifact(app, src, &want).await {
-            Ok(p) => {
+        let w = worker.clone();
+        let (current2, v2) = (current.clone(), v.to_string());
+        let show =
+            move |n: u64, total: u64| w.set_activity(format!("on {current2}; {}", pull::progress_text(&v2, n, total)));
+        match pull::fetch_artifact(app, src, &want, &show).await {
+            Ok((p, took)) => {
                 crate::crashpoint::hit("after-download");
+                fetched = took;
                 Some(p)
             }
             Err(e) => {
                 tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
                 worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
                 if matches!(e, Error::ArtifactMismatch { .. }) {
+                    worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
                     mem.refused.insert(key);
                     return Settled;
                 }
@@ -467,6 +587,7 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
         version: v.clone(),
         force: false,
         reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
+        fetched,
     };
     let a = app.clone();
     let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;
@@ -484,8 +605,9 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
             );
             if refused {
                 mem.refused.insert(key);
+                worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e:#}", fsutil::now_rfc3339())));
             }
-            tracing::warn!("{}: deploy of {v}: {e:#}", app.name);
+            tracing::warn!("{}: {e:#}", app.name);
         }
     }
     // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
@@ -625,7 +747,9 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
             Ok(())
         })
         .await;
-        worker.set_poll(format!("{} inbox: refused {}: {why}", fsutil::now_rfc3339(), m.display()));
+        let text = format!("{} inbox: refused {}: {why}", fsutil::now_rfc3339(), m.display());
+        worker.set_refusal(Some(text.clone()));
+        worker.set_poll(text);
     }
     for drop in scan.drops {
         let m = drop.manifest.clone();
@@ -644,7 +768,9 @@ async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, worker: &Arc<Wo
                     Ok(())
                 })
                 .await;
-                worker.set_poll(format!("{} inbox: refused {}: {}", fsutil::now_rfc3339(), m.display(), r.reason));
+                let text = format!("{} inbox: refused {}: {}", fsutil::now_rfc3339(), m.display(), r.reason);
+                worker.set_refusal(Some(text.clone()));
+                worker.set_poll(text);
                 false
             }
             Ok(Err(pull::AcceptError::Other(e))) | Err(e) => {

@@ -239,6 +239,7 @@ bake = "1s"
             version: Version::parse(v)?,
             force: false,
             reason: Some("demo".into()),
+            fetched: None,
         };
         match crate::deploy::deploy(&app, &req, wait, true) {
             Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,

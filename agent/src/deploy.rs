@@ -34,6 +34,15 @@ pub struct DeployRequest {
     pub version: Version,
     pub force: bool,
     pub reason: Option<String>,
+    /// The download that brought the archive, if one did (a step of the deploy, and part of its duration).
+    pub fetched: Option<Fetched>,
+}
+
+/// A download done for a deploy: its step, and the bytes that came over the network.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub timing: Timing,
+    pub bytes: u64,
 }
 
 /// The sha256 and size a signed manifest gives for an artifact.
@@ -52,11 +61,16 @@ pub struct DeployOutcome {
     pub outcome: &'static str,
     pub health: String,
     pub pruned: Vec<String>,
+    /// Bytes downloaded for this deploy (0: the archive was given, on disk, or dropped in the inbox).
+    pub downloaded: u64,
     pub steps: Vec<Timing>,
 }
 
 pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
-    let mut tl = Timeline::new(print);
+    let mut tl = match &req.fetched {
+        Some(f) => Timeline::after(print, f.timing.clone()),
+        None => Timeline::new(print),
+    };
     let _lock = app.lock_preempting(wait, "deploy", Some(&req.version))?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let mut ev = app.event("deploy");
@@ -154,6 +168,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 outcome: "unchanged",
                 health: String::new(),
                 pruned: vec![],
+                downloaded: 0,
                 steps: vec![],
             });
         }
@@ -179,6 +194,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 app.save_state(&state)?;
                 crashpoint::hit("after-commit");
                 let pruned = retention::prune_after_deploy(app, &mut state)?;
+                ev.removed = pruned.clone();
                 Ok(DeployOutcome {
                     app: app.name.clone(),
                     version: v.to_string(),
@@ -186,12 +202,14 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                     outcome: "deployed",
                     health,
                     pruned,
+                    downloaded: req.fetched.as_ref().map_or(0, |f| f.bytes),
                     steps: vec![],
                 })
             }
             Err(reason) => Err(activate::fall_back(app, &mut state, v, &reason, tl, ev)?.into()),
         }
     })?;
+    retention::record_prune_after_deploy(app, &outcome.version, &outcome.pruned)?;
     outcome.steps = tl.steps;
     Ok(outcome)
 }
@@ -216,14 +234,17 @@ fn stage_release(
     let result = (|| -> anyhow::Result<()> {
         let staging = app.store.stage(v)?;
         let file = artifact.reader()?;
+        let print = tl.prints();
         let report = tl.step("unpack", || {
-            unpack::unpack_tar_zst(
-                std::io::BufReader::with_capacity(64 << 10, file),
-                staging.fd(),
-                &app.cfg.limits,
-                app.store.read_group(),
-            )
-            .map_err(|source| unpack_failed(&archive, &staging, source))
+            crate::progress::long_work(format!("deploying {v}"), print, || {
+                unpack::unpack_tar_zst(
+                    std::io::BufReader::with_capacity(64 << 10, file),
+                    staging.fd(),
+                    &app.cfg.limits,
+                    app.store.read_group(),
+                )
+            })
+            .map_err(|source| unpack_failed(app, &archive, &staging, source))
             .map(|r| {
                 let d = format!(
                     "{} files, {} dirs, {} links, {}",
@@ -260,19 +281,36 @@ fn stage_release(
     app.save_state(state)
 }
 
-/// An unpack that failed. A full disk (or quota) is not the archive's fault: it is reported as what it is, naming
-/// where, and not as a refused archive (the daemon never fetches a refused artifact again until the channel moves
-/// on, which would keep the app from the release after the space is freed).
-fn unpack_failed(archive: &Path, staging: &crate::store::Staging, source: unpack::UnpackError) -> anyhow::Error {
-    let full = matches!(source.reason, unpack::Refusal::Write)
-        && source.source.as_ref().and_then(std::io::Error::raw_os_error).is_some_and(|e| {
-            e == rustix::io::Errno::NOSPC.raw_os_error() || e == rustix::io::Errno::DQUOT.raw_os_error()
-        });
-    if full {
-        let where_ = staging.path().display().to_string();
-        return anyhow::Error::new(source).context(format!("unpacking {} into {where_}", archive.display()));
+/// An unpack that failed, by its consequence. Only a refusal of the archive itself is [`Error::ArchiveRefused`]
+/// (the daemon never fetches that artifact again until the channel moves on). A write that failed (a full disk or
+/// quota, a read-only or failing filesystem, a chown the filesystem refuses) is a fault of this host, reported
+/// as what it is, naming where, and tried again later: a passing disk fault must not block a good release for
+/// good. A stop (the daemon's shutdown, an operator's cancel) is neither.
+fn unpack_failed(
+    app: &App,
+    archive: &Path,
+    staging: &crate::store::Staging,
+    source: unpack::UnpackError,
+) -> anyhow::Error {
+    match source.reason {
+        unpack::Refusal::Write => {
+            let where_ = staging.path().display().to_string();
+            let what = if source.source.as_ref().and_then(std::io::Error::raw_os_error).is_some_and(|e| {
+                e == rustix::io::Errno::NOSPC.raw_os_error() || e == rustix::io::Errno::DQUOT.raw_os_error()
+            }) {
+                "the filesystem is full"
+            } else {
+                "this host's filesystem failed (not the archive: it will be tried again)"
+            };
+            anyhow::Error::new(source).context(format!("unpacking {} into {where_}: {what}", archive.display()))
+        }
+        unpack::Refusal::Stopped => match crate::progress::interrupted() {
+            Some(crate::progress::Interrupt::Cancel(why)) => anyhow::Error::new(source)
+                .context(format!("cancelled while unpacking by an operator's request ({why}); nothing was activated")),
+            _ => Error::Interrupted { app: app.name.clone(), step: "the unpack".to_owned() }.into(),
+        },
+        _ => Error::ArchiveRefused { archive: archive.to_owned(), source }.into(),
     }
-    Error::ArchiveRefused { archive: archive.to_owned(), source }.into()
 }
 
 /// Refuses early when the filesystem cannot hold the release plus the configured reserve. The unpacked size is

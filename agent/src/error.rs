@@ -55,6 +55,12 @@ pub enum Error {
     )]
     NotVerified { app: String, version: String, detail: String },
 
+    #[error(
+        "`{version}` of `{app}` is not on disk, and the signed manifest of channel `{channel}` names {named}{why}; \
+         only a version a signed manifest names is fetched: publish or promote it, or pass --file ARCHIVE"
+    )]
+    NotPublished { app: String, version: String, channel: String, named: String, why: String },
+
     #[error("no earlier good release of `{app}` to roll back to")]
     NoRollbackTarget { app: String },
 
@@ -116,6 +122,7 @@ impl Error {
             | Error::Pinned { .. }
             | Error::NotOnDisk { .. }
             | Error::NotVerified { .. }
+            | Error::NotPublished { .. }
             | Error::NoRollbackTarget { .. }
             | Error::NoSpace { .. }
             | Error::CheckFailed { .. }

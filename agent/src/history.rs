@@ -25,6 +25,9 @@ pub struct Event {
     pub steps: Vec<Timing>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub output: Vec<String>,
+    /// Releases removed (a prune).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 /// Who did something, as far as the kernel can vouch for it: the real uid and the login uid (set at login, kept
@@ -114,6 +117,7 @@ impl Event {
             who: Who::me(),
             steps: Vec::new(),
             output: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }

@@ -3,7 +3,28 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = switchback::cli::Cli::parse();
+    let cli = match switchback::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // Under --json, an argument error is a JSON document too.
+            if std::env::args().any(|a| a == "--json") {
+                use std::io::Write;
+                let full = e.to_string();
+                let text = full.lines().next().unwrap_or("").trim_start_matches("error: ").to_owned();
+                let code = switchback::exit::USAGE;
+                let doc =
+                    serde_json::json!({ "schema": switchback::cli::JSON_SCHEMA, "error": text, "exit_code": code });
+                let _ = writeln!(std::io::stdout(), "{doc}");
+                let _ = e.print();
+                return ExitCode::from(code);
+            }
+            e.exit();
+        }
+    };
     // Our own messages at info; other crates' only when they warn.
     let default = if cli.quiet { "warn" } else { "warn,switchback=info" };
     tracing_subscriber::fmt()

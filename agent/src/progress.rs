@@ -31,6 +31,10 @@ pub struct Worker {
     activity: Mutex<String>,
     /// When the channel was last polled and what it said.
     poll: Mutex<String>,
+    /// The last refusal (a manifest, an inbox drop, an artifact) and when, until a newer manifest is accepted.
+    refusal: Mutex<Option<String>>,
+    /// The daemon's own last check of the current release while idle.
+    health: Mutex<Option<crate::state::HealthSummary>>,
     /// `STATE_DIR/APP/cancel`: an operator's request to cancel the daemon's step.
     cancel_file: PathBuf,
 }
@@ -43,6 +47,8 @@ impl Worker {
             busy: AtomicBool::new(false),
             activity: Mutex::new("starting".to_owned()),
             poll: Mutex::new(String::new()),
+            refusal: Mutex::new(None),
+            health: Mutex::new(None),
             cancel_file: state_dir.join(CANCEL_FILE),
         })
     }
@@ -70,6 +76,22 @@ impl Worker {
 
     pub fn poll(&self) -> String {
         self.poll.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_refusal(&self, text: Option<String>) {
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
+    pub fn refusal(&self) -> Option<String> {
+        self.refusal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_health(&self, h: Option<crate::state::HealthSummary>) {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+
+    pub fn health(&self) -> Option<crate::state::HealthSummary> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Busy and silent for longer than `limit`: the work is hung.
@@ -102,6 +124,44 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<Worker>>> = const { RefCell::new(None) };
     /// Whether an operator's cancel request applies to the work on this thread now.
     static CANCELLABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+thread_local! {
+    /// What long work on this thread is (e.g. "deploying 1.4.2"), and whether to show it on the terminal.
+    static LONG_WORK: RefCell<Option<(String, bool, Instant)>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` as long work named `label` (e.g. "deploying 1.4.2"): [`step_progress`] calls inside show how far it
+/// got, in the daemon's activity and, with `print` on a terminal, on stderr.
+pub fn long_work<T>(label: String, print: bool, f: impl FnOnce() -> T) -> T {
+    let tty = print && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    LONG_WORK.with(|w| *w.borrow_mut() = Some((label, tty, Instant::now())));
+    let out = f();
+    let shown = LONG_WORK.with(|w| w.borrow_mut().take()).is_some_and(|(_, tty, _)| tty);
+    if shown {
+        note_inline!("\r\x1b[K");
+    }
+    out
+}
+
+/// How far long work got (`text`, e.g. "unpacking: 1200 entries, 40 MiB"); shown at most 4 times a second.
+pub fn step_progress(text: impl FnOnce() -> String) {
+    let Some((label, tty)) = LONG_WORK.with(|w| {
+        let mut w = w.borrow_mut();
+        let (label, tty, last) = w.as_mut()?;
+        if last.elapsed() < Duration::from_millis(250) {
+            return None;
+        }
+        *last = Instant::now();
+        Some((label.clone(), *tty))
+    }) else {
+        return;
+    };
+    let text = text();
+    set_activity(format!("{label} ({text})"));
+    if tty {
+        note_inline!("\r\x1b[K  {text}");
+    }
 }
 
 /// Runs `f` with operators' cancel requests ignored (a shutdown still interrupts it): the way back to the last
@@ -190,3 +250,14 @@ macro_rules! note {
     }};
 }
 pub(crate) use note;
+
+/// Like [`note!`], without a newline (a progress line rewritten in place).
+macro_rules! note_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut e = std::io::stderr();
+        let _ = write!(e, $($arg)*);
+        let _ = e.flush();
+    }};
+}
+pub(crate) use note_inline;

@@ -27,6 +27,12 @@ pub fn channel_key(channel: &str) -> String {
     format!("channels/{channel}.json")
 }
 
+/// The URL of the app's channel manifest, redacted (for status and messages).
+pub fn channel_url(app: &App) -> String {
+    let base = app.cfg.source.as_deref().unwrap_or("").trim_end_matches('/');
+    crate::redact::url(&format!("{base}/{}", channel_key(&app.cfg.channel)))
+}
+
 /// Fetches the channel manifest unless its ETag is `etag`; accepts it under the lock. `etag` is updated to what
 /// should be sent next time (left alone when the verdict is worth fetching again).
 pub async fn poll_channel(app: &App, src: &Source, etag: &mut Option<String>) -> Result<Polled, Error> {
@@ -122,17 +128,84 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
 
 /// Where the artifact of an accepted manifest is, fetching it when it comes from the bucket. `inbox` is the
 /// directory an inbox manifest came from.
-pub async fn fetch_artifact(app: &App, src: Option<&Source>, want: &Accepted) -> Result<PathBuf, Error> {
+/// `progress` hears (bytes so far, size) while it downloads; the result says how long it took and how many bytes
+/// came over the network (none for an inbox drop, or an artifact already downloaded).
+pub async fn fetch_artifact(
+    app: &App,
+    src: Option<&Source>,
+    want: &Accepted,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(PathBuf, Option<crate::deploy::Fetched>), Error> {
     if let Some(path) = want.from.strip_prefix(INBOX_PREFIX) {
         let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
         let name = Path::new(&want.artifact).file_name().unwrap_or_default();
-        return Ok(dir.join(name));
+        return Ok((dir.join(name), None));
     }
     let src = src.ok_or_else(|| Error::Source {
         source_url: want.from.clone(),
         message: "the app has no `source` configured any more".to_owned(),
     })?;
-    src.download(&want.artifact, &downloads_dir(app), &want.sha256, want.size).await
+    let started = std::time::Instant::now();
+    let got = std::sync::atomic::AtomicU64::new(0);
+    let first = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let track = |n: u64, total: u64| {
+        // The bytes of this run only: a resumed download starts from what an earlier run left.
+        let _ = first.compare_exchange(
+            u64::MAX,
+            n,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        got.store(n, std::sync::atomic::Ordering::Relaxed);
+        progress(n, total);
+    };
+    let path = src.download(&want.artifact, &downloads_dir(app), &want.sha256, want.size, &track).await?;
+    let bytes = got
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed).min(want.size));
+    let ms = started.elapsed().as_millis() as u64;
+    let detail = format!(
+        "{} of {} from {}",
+        bytesize::ByteSize(bytes).display().iec(),
+        bytesize::ByteSize(want.size).display().iec(),
+        src.describe(&want.artifact)
+    );
+    let timing = crate::history::Timing { step: "download".to_owned(), ms, detail: Some(detail) };
+    Ok((path, Some(crate::deploy::Fetched { timing, bytes })))
+}
+
+/// A terminal line that shows a download's progress (stderr, only when it is a terminal), at most 4 times a
+/// second.
+pub fn terminal_progress(what: String) -> impl Fn(u64, u64) + Sync {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    move |n, total| {
+        if !tty {
+            return;
+        }
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if n < total && last.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(250)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let pct = n.saturating_mul(100).checked_div(total).unwrap_or(100);
+        crate::progress::note_inline!(
+            "\r  {what}: {} of {} ({pct}%){}",
+            bytesize::ByteSize(n).display().iec(),
+            bytesize::ByteSize(total).display().iec(),
+            if n >= total { "\n" } else { "" }
+        );
+    }
+}
+
+/// A one-line summary of a download's progress (for `STATUS=` and `status`).
+pub fn progress_text(v: &str, n: u64, total: u64) -> String {
+    let pct = n.saturating_mul(100).checked_div(total).unwrap_or(100);
+    format!(
+        "downloading {v} ({} of {}, {pct}%)",
+        bytesize::ByteSize(n).display().iec(),
+        bytesize::ByteSize(total).display().iec()
+    )
 }
 
 /// `from` of a manifest accepted from the inbox: `inbox:` and the manifest's path.
@@ -153,7 +226,14 @@ pub fn deploy_version(
     wait: Duration,
     print: bool,
 ) -> anyhow::Result<crate::deploy::DeployOutcome> {
-    let mut req = crate::deploy::DeployRequest { archive: None, expected: None, version: v.clone(), force, reason };
+    let mut req = crate::deploy::DeployRequest {
+        archive: None,
+        expected: None,
+        version: v.clone(),
+        force,
+        reason,
+        fetched: None,
+    };
     let state = app.load_state()?;
     if app.store.on_disk()?.contains(v) && state.releases.contains_key(v) {
         return crate::deploy::deploy(app, &req, wait, print);
@@ -166,36 +246,40 @@ pub fn deploy_version(
         .into());
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (path, sha) = rt.block_on(async {
+    let (path, sha, took) = rt.block_on(async {
         let src = Source::open(&url, &crate::source::Options::of(&app.cfg))?;
-        match poll_channel(app, &src, &mut None).await {
-            Ok(Polled::Refused { reason }) => {
-                crate::progress::note!("{}: the channel's manifest was refused: {reason}", app.name)
-            }
+        let refusal = match poll_channel(app, &src, &mut None).await {
+            Ok(Polled::Refused { reason }) => Some(format!("the channel's manifest was refused: {reason}")),
             Ok(Polled::Missing) => {
-                crate::progress::note!("{}: no manifest is published for channel {}", app.name, app.cfg.channel)
+                Some(format!("no manifest is published at {}", src.describe(&channel_key(&app.cfg.channel))))
             }
-            Ok(_) => {}
+            Ok(_) => None,
             // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
-            Err(e) => crate::progress::note!("{}: could not refresh the channel's manifest: {e}", app.name),
+            Err(e) => Some(format!("the channel's manifest could not be refreshed: {e}")),
+        };
+        if let Some(r) = &refusal {
+            crate::progress::note!("{}: {r}", app.name);
         }
         let state = app.load_state()?;
         match state.channel {
             Some(c) if c.version == *v => {
-                let path = fetch_artifact(app, Some(&src), &c).await?;
-                anyhow::Ok((path, crate::deploy::Promise { sha256: c.sha256, size: c.size }))
+                let show = terminal_progress(format!("downloading {v}"));
+                let (path, took) = fetch_artifact(app, Some(&src), &c, &show).await?;
+                anyhow::Ok((path, crate::deploy::Promise { sha256: c.sha256, size: c.size }, took))
             }
-            other => Err(Error::Usage(format!(
-                "`{v}` is not on disk, and the signed manifest of channel `{}` names {}; only a version named by \
-                 a signed manifest is fetched: publish or promote it, or pass --file ARCHIVE",
-                app.cfg.channel,
-                other.map_or("nothing".to_owned(), |c| format!("`{}`", c.version))
-            ))
+            other => Err(Error::NotPublished {
+                app: app.name.clone(),
+                version: v.to_string(),
+                channel: app.cfg.channel.clone(),
+                named: other.map_or("nothing".to_owned(), |c| format!("`{}`", c.version)),
+                why: refusal.map(|r| format!(" ({r})")).unwrap_or_default(),
+            }
             .into()),
         }
     })?;
     req.archive = Some(path.clone());
     req.expected = Some(sha);
+    req.fetched = took;
     let out = crate::deploy::deploy(app, &req, wait, print);
     if path.starts_with(downloads_dir(app)) {
         let _ = std::fs::remove_file(&path);

@@ -109,6 +109,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
     // recovery (and its event) at the next command instead of losing it.
     if !notes.is_empty() {
         ev.outcome = if failure.is_some() { "failed".into() } else { "recovered".into() };
+        ev.duration_ms = tl.elapsed_ms();
         ev.reason = Some(notes.join("; "));
         ev.steps = tl.steps.clone();
         tl.note(&format!("reconciled {}: {}", app.name, notes.join("; ")));

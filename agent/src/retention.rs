@@ -24,7 +24,11 @@ pub fn prune(app: &App, keep: Option<usize>, wait: Duration, print: bool) -> any
     let keep = keep.unwrap_or(app.cfg.keep);
     let mut ev = app.event("prune");
     ev.reason = Some(format!("keep {keep}"));
-    let removed = app.recorded(ev, &mut tl, |_, _| remove(app, &mut state, keep))?;
+    let removed = app.recorded(ev, &mut tl, |ev, _| {
+        let removed = remove(app, &mut state, keep)?;
+        ev.removed = removed.clone();
+        Ok(removed)
+    })?;
     let kept = app.store.on_disk()?.iter().map(ToString::to_string).collect();
     Ok(PruneOutcome { app: app.name.clone(), removed, kept })
 }
@@ -32,6 +36,18 @@ pub fn prune(app: &App, keep: Option<usize>, wait: Duration, print: bool) -> any
 /// After a successful deploy (under the lock already held).
 pub fn prune_after_deploy(app: &App, state: &mut AppState) -> anyhow::Result<Vec<String>> {
     remove(app, state, app.cfg.keep)
+}
+
+/// The history event of the prune after the deploy of `v` (the deploy's own event lists what it removed too).
+pub fn record_prune_after_deploy(app: &App, v: &str, removed: &[String]) -> anyhow::Result<()> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let mut ev = app.event("prune");
+    ev.reason = Some(format!("after the deploy of {v} (keep {})", app.cfg.keep));
+    ev.version = Some(v.to_owned());
+    ev.removed = removed.to_vec();
+    app.record(&ev)
 }
 
 fn remove(app: &App, state: &mut AppState, keep: usize) -> anyhow::Result<Vec<String>> {

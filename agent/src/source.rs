@@ -11,7 +11,7 @@
 //! more bytes than the manifest's size, and are checked against its sha256 before anything is unpacked.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,7 +175,7 @@ impl Source {
                         );
                     }
                     let etag = r.meta.e_tag.clone();
-                    let bytes = r.bytes().await.map_err(|e| self.error(rel, e))?;
+                    let bytes = r.bytes().await.map_err(|e| self.error(rel, full_error(&e)))?;
                     if bytes.len() as u64 > MAX_SMALL {
                         return Err(self.error(rel, "larger than announced"));
                     }
@@ -183,7 +183,7 @@ impl Source {
                 }
                 Err(object_store::Error::NotModified { .. }) => Ok(Fetched::NotModified),
                 Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Missing),
-                Err(e) => Err(self.error(rel, e)),
+                Err(e) => Err(self.error(rel, full_error(&e))),
             }
         };
         tokio::time::timeout(SMALL_TIMEOUT, get)
@@ -192,26 +192,49 @@ impl Source {
     }
 
     /// Downloads `rel` into `dir` as `SHA256.tar.zst`, resuming a partial download, retrying with exponential
-    /// backoff. Returns the path of a file whose size and sha256 match.
-    pub async fn download(&self, rel: &str, dir: &Path, sha256: &str, size: u64) -> Result<PathBuf, Error> {
-        crate::trust::private_dir(dir, None).map_err(|e| self.error(rel, format!("{e:#}")))?;
+    /// backoff. Returns the path of a file whose size and sha256 match. `progress` hears (bytes so far, size) as
+    /// bytes arrive. File work (hashing what an earlier run left, writing, syncing) runs on the blocking pool:
+    /// the async thread only waits, so the watchdog and `STATUS=` never stall behind a disk.
+    pub async fn download(
+        &self,
+        rel: &str,
+        dir: &Path,
+        sha256: &str,
+        size: u64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<PathBuf, Error> {
+        let d = dir.to_owned();
+        blocking(move || crate::trust::private_dir(&d, None).map_err(|e| format!("{e:#}")))
+            .await
+            .map_err(|e| self.error(rel, e))?;
         let done = dir.join(format!("{sha256}.tar.zst"));
         let part = dir.join(format!("{sha256}.tar.zst.part"));
-        if done.exists() {
-            if sha256_file(&done).is_ok_and(|(h, n)| n == size && h == sha256) {
-                return Ok(done);
+        let (d, want) = (done.clone(), sha256.to_owned());
+        let have_done = blocking(move || {
+            if std::fs::symlink_metadata(&d).is_err() {
+                return Ok(false);
             }
-            let _ = std::fs::remove_file(&done);
+            if sha256_file(&d).is_ok_and(|(h, n)| n == size && h == want) {
+                return Ok(true);
+            }
+            let _ = std::fs::remove_file(&d);
+            Ok(false)
+        })
+        .await
+        .unwrap_or(false);
+        if have_done {
+            progress(size, size);
+            return Ok(done);
         }
         let p = &self.policy;
         let attempts = async {
             let mut backoff = Duration::from_secs(1);
             let mut attempt = 1;
             loop {
-                match self.download_once(rel, &part, sha256, size).await {
+                match self.download_once(rel, &part, sha256, size, progress).await {
                     Ok(()) => return Ok(()),
                     Err(Attempt::Final(e)) => {
-                        let _ = std::fs::remove_file(&part);
+                        let _ = tokio::fs::remove_file(&part).await;
                         return Err(e);
                     }
                     Err(Attempt::Again(e)) if attempt >= p.attempts || crate::progress::shutting_down() => {
@@ -237,27 +260,42 @@ impl Source {
                 format!("not downloaded within the deadline of {}", humantime::format_duration(p.deadline)),
             ))
         })?;
-        std::fs::rename(&part, &done).map_err(|e| self.error(rel, format!("renaming {}: {e}", part.display())))?;
+        tokio::fs::rename(&part, &done)
+            .await
+            .map_err(|e| self.error(rel, format!("renaming {}: {e}", part.display())))?;
         Ok(done)
     }
 
-    async fn download_once(&self, rel: &str, part: &Path, sha256: &str, size: u64) -> Result<(), Attempt> {
+    async fn download_once(
+        &self,
+        rel: &str,
+        part: &Path,
+        sha256: &str,
+        size: u64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), Attempt> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let again = |e: Error| Attempt::Again(e);
         let io =
             |what: &str, e: std::io::Error| Attempt::Again(self.error(rel, format!("{what} {}: {e}", part.display())));
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(part)
-            .map_err(|e| io("opening", e))?;
-        let (mut hasher, mut have) = sha256_prefix(part, size).map_err(|e| io("reading", e))?;
+        // What an earlier attempt left is hashed on the blocking pool (it may be gigabytes).
+        let p2 = part.to_owned();
+        let (file, mut hasher, mut have) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&p2)?;
+            crate::trust::share(&file, None, false)?;
+            let (hasher, have) = sha256_prefix(&p2, size)?;
+            Ok((file, hasher, have))
+        })
+        .await
+        .map_err(|e| io("opening", std::io::Error::other(e)))?
+        .map_err(|e| io("reading", e))?;
+        let mut file = tokio::fs::File::from_std(file);
         if have >= size && size > 0 {
             // A complete (or overlong) part from an earlier run: check it as it is.
-            file.set_len(size).map_err(|e| io("truncating", e))?;
+            file.set_len(size).await.map_err(|e| io("truncating", e))?;
             have = size;
         }
+        progress(have, size);
         if have < size || size == 0 {
             let range = (have > 0).then_some(GetRange::Offset(have));
             let opts = GetOptions { range, ..Default::default() };
@@ -268,7 +306,7 @@ impl Source {
             let result = match result {
                 Ok(r) => r,
                 Err(object_store::Error::NotFound { .. }) => return Err(Attempt::Again(self.error(rel, "not found"))),
-                Err(e) => return Err(again(self.error(rel, e))),
+                Err(e) => return Err(again(self.error(rel, full_error(&e)))),
             };
             if result.meta.size != size {
                 return Err(Attempt::Final(Error::ArtifactMismatch {
@@ -278,11 +316,11 @@ impl Source {
             }
             if result.range.start != have {
                 // The server ignored the range: start over.
-                file.set_len(0).map_err(|e| io("truncating", e))?;
+                file.set_len(0).await.map_err(|e| io("truncating", e))?;
                 hasher = Sha256::new();
                 have = 0;
             }
-            file.seek(std::io::SeekFrom::Start(have)).map_err(|e| io("seeking", e))?;
+            file.seek(std::io::SeekFrom::Start(have)).await.map_err(|e| io("seeking", e))?;
             let mut stream = result.into_stream();
             // Throughput is judged over windows of `stall`: fewer than min_rate × stall bytes in one is too slow.
             let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
@@ -292,16 +330,17 @@ impl Source {
                     again(self.error(rel, format!("no data for {}", humantime::format_duration(stall))))
                 })?;
                 let Some(chunk) = next else { break };
-                let chunk = chunk.map_err(|e| again(self.error(rel, e)))?;
-                if have + chunk.len() as u64 > size {
+                let chunk = chunk.map_err(|e| again(self.error(rel, full_error(&e))))?;
+                if have.saturating_add(chunk.len() as u64) > size {
                     return Err(Attempt::Final(Error::ArtifactMismatch {
                         artifact: self.describe(rel),
                         reason: format!("the body is longer than the manifest's size of {size} bytes"),
                     }));
                 }
-                file.write_all(&chunk).map_err(|e| io("writing", e))?;
+                file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
                 hasher.update(&chunk);
                 have += chunk.len() as u64;
+                progress(have, size);
                 window_bytes += chunk.len() as u64;
                 if window_start.elapsed() >= stall {
                     if window_bytes < window_min {
@@ -332,7 +371,8 @@ impl Source {
                 reason: format!("sha256 is {actual}, the manifest says {sha256}"),
             }));
         }
-        file.sync_all().map_err(|e| io("syncing", e))?;
+        file.flush().await.map_err(|e| io("writing", e))?;
+        file.sync_all().await.map_err(|e| io("syncing", e))?;
         Ok(())
     }
 
@@ -342,7 +382,7 @@ impl Source {
         let result = match self.store.get_opts(&self.key(rel), GetOptions::default()).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error(rel, e)),
+            Err(e) => return Err(self.error(rel, full_error(&e))),
         };
         let mut file = File::create(dest).map_err(|e| self.error(rel, format!("creating {}: {e}", dest.display())))?;
         let mut stream = result.into_stream();
@@ -350,14 +390,14 @@ impl Source {
             .await
             .map_err(|_| self.error(rel, format!("no data for {}s", STALL.as_secs())))?
         {
-            let chunk = chunk.map_err(|e| self.error(rel, e))?;
+            let chunk = chunk.map_err(|e| self.error(rel, full_error(&e)))?;
             file.write_all(&chunk).map_err(|e| self.error(rel, format!("writing {}: {e}", dest.display())))?;
         }
         Ok(Some(dest.to_owned()))
     }
 
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), Error> {
-        self.store.put(&self.key(rel), bytes.into()).await.map(|_| ()).map_err(|e| self.error(rel, e))
+        self.store.put(&self.key(rel), bytes.into()).await.map(|_| ()).map_err(|e| self.error(rel, full_error(&e)))
     }
 
     /// Uploads a file in parts (large artifacts never sit in memory whole).
@@ -411,6 +451,26 @@ impl object_store::client::HttpConnector for SameOriginRedirects {
             .map_err(|e| object_store::Error::Generic { store: "HTTP", source: Box::new(e) })?;
         Ok(object_store::client::HttpClient::new(client))
     }
+}
+
+/// An error with its chain of causes (`connection refused` is often three causes down).
+pub fn full_error(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Runs file work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?
 }
 
 enum Attempt {

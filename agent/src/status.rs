@@ -28,6 +28,54 @@ pub struct AppStatus {
     pub channel: Option<crate::manifest::Accepted>,
     /// What the running daemon is doing for this app, and when it last polled; `null` when no daemon runs.
     pub daemon: Option<crate::daemon::DaemonInfo>,
+    /// The channel manifest URL the app follows (redacted), if it has a source.
+    pub source: Option<String>,
+    /// The truth about health now: the newest check of the current release (the deploy's, or the daemon's own
+    /// while idle), and whether it is of the current release at all.
+    pub health: Health,
+    /// Whether the in-flight step's process is gone (killed): the next command finishes it.
+    pub in_flight_interrupted: bool,
+    /// The last refusal the daemon saw, until a newer manifest is accepted.
+    pub last_refusal: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// "healthy", "unhealthy", "unchecked" (no checks configured), "unknown" (no check of the current release).
+    pub verdict: &'static str,
+    pub version: Option<String>,
+    pub at: Option<String>,
+    pub detail: Option<String>,
+    /// Who checked: "deploy" (the checks of a deploy or rollback) or "daemon" (its idle check).
+    pub by: Option<&'static str>,
+}
+
+/// The newest check of `current` among the deploy's (`state`) and the daemon's idle one.
+fn health_now(
+    current: Option<&str>,
+    checked: bool,
+    state: Option<&HealthSummary>,
+    daemon: Option<&HealthSummary>,
+) -> Health {
+    let none = |verdict| Health { verdict, version: None, at: None, detail: None, by: None };
+    if !checked {
+        return none("unchecked");
+    }
+    let of_current = |h: &&HealthSummary| h.version.as_ref().map(|v| v.as_str()) == current;
+    let newest = [state.filter(of_current).map(|h| (h, "deploy")), daemon.filter(of_current).map(|h| (h, "daemon"))]
+        .into_iter()
+        .flatten()
+        .max_by(|a, b| a.0.at.cmp(&b.0.at));
+    match newest {
+        Some((h, by)) => Health {
+            verdict: if h.healthy { "healthy" } else { "unhealthy" },
+            version: h.version.as_ref().map(ToString::to_string),
+            at: Some(h.at.clone()),
+            detail: Some(h.detail.clone()),
+            by: Some(by),
+        },
+        None => none("unknown"),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -49,9 +97,17 @@ pub struct ReleaseStatus {
     pub unpacked_at: Option<String>,
 }
 
+/// Whether process `pid` still runs.
+fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
 pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
     let state = app.load_state()?;
     let current = app.store.current()?;
+    let current_name = current.as_ref().map(ToString::to_string);
+    let daemon = crate::daemon::info(app);
+    let in_flight = state.in_flight.clone();
     let on_disk = app.store.on_disk()?;
     let releases = on_disk
         .iter()
@@ -80,21 +136,47 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
             .map(|(v, b)| BadRelease { version: v.to_string(), reason: b.reason.clone(), at: b.at.clone() })
             .collect(),
         pin: state.pin,
-        in_flight: state.in_flight,
         degraded: state.degraded,
         checked: !app.cfg.checks.is_empty(),
-        last_health: state.last_health,
+        last_health: state.last_health.clone(),
         releases,
         channel: state.channel,
-        daemon: crate::daemon::info(app),
+        health: health_now(
+            current_name.as_deref(),
+            !app.cfg.checks.is_empty(),
+            state.last_health.as_ref(),
+            daemon.as_ref().and_then(|d| d.health.as_ref()),
+        ),
+        in_flight_interrupted: in_flight.as_ref().is_some_and(|f| !alive(f.pid)),
+        in_flight,
+        last_refusal: daemon.as_ref().and_then(|d| d.last_refusal.clone()),
+        source: app.cfg.source.as_ref().map(|_| crate::pull::channel_url(app)),
+        daemon,
     })
 }
 
 pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Result<()> {
-    let health = match (&s.last_health, s.checked) {
-        (_, false) => "unchecked (no health checks configured)".to_owned(),
-        (Some(h), true) => format!("{} ({}, {})", if h.healthy { "healthy" } else { "UNHEALTHY" }, h.detail, h.at),
-        (None, true) => "not checked yet".to_owned(),
+    let h = &s.health;
+    let health = match h.verdict {
+        "unchecked" => "unchecked (no health checks configured)".to_owned(),
+        "unknown" => match &s.last_health {
+            Some(l) => format!(
+                "unknown: no check of {} yet (the last one was of {} at {}: {})",
+                s.current.as_deref().unwrap_or("(none)"),
+                l.version.as_ref().map_or("(none)", |v| v.as_str()),
+                l.at,
+                if l.healthy { "healthy" } else { "unhealthy" }
+            ),
+            None => "unknown: not checked yet".to_owned(),
+        },
+        v => format!(
+            "{} at {} ({} of {}: {})",
+            if v == "healthy" { "healthy" } else { "UNHEALTHY" },
+            h.at.as_deref().unwrap_or(""),
+            if h.by == Some("daemon") { "the daemon's check" } else { "checked by the deploy" },
+            h.version.as_deref().unwrap_or(""),
+            h.detail.as_deref().unwrap_or("")
+        ),
     };
     writeln!(w, "{}", s.app)?;
     writeln!(w, "  root       {}", s.root.display())?;
@@ -114,8 +196,17 @@ pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Resul
     if let Some(f) = &s.in_flight {
         writeln!(
             w,
-            "  in flight  {:?} {} at step {:?} (pid {}, since {})",
-            f.op, f.version, f.step, f.pid, f.started_at
+            "  in flight  {:?} {} at step {:?} (pid {}, since {}){}",
+            f.op,
+            f.version,
+            f.step,
+            f.pid,
+            f.started_at,
+            if s.in_flight_interrupted {
+                "; INTERRUPTED: that process is gone, the next command finishes it"
+            } else {
+                ""
+            }
         )?;
     }
     if let Some(d) = &s.degraded {
@@ -132,6 +223,12 @@ pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Resul
             c.expires,
             c.from
         )?;
+    }
+    if let Some(src) = &s.source {
+        writeln!(w, "  source     {src}")?;
+    }
+    if let Some(r) = &s.last_refusal {
+        writeln!(w, "  REFUSED    {r}")?;
     }
     match &s.daemon {
         Some(d) => {

@@ -17,6 +17,19 @@ impl Timeline {
         Timeline { steps: Vec::new(), print, start: Instant::now() }
     }
 
+    /// A timeline whose first step (a download, say) already happened: its time counts in the duration.
+    pub fn after(print: bool, first: Timing) -> Timeline {
+        let start = Instant::now().checked_sub(std::time::Duration::from_millis(first.ms)).unwrap_or_else(Instant::now);
+        let mut tl = Timeline { steps: Vec::new(), print, start };
+        tl.record(&first.step, first.ms, first.detail);
+        tl
+    }
+
+    /// Whether steps are printed (for people, on stderr).
+    pub fn prints(&self) -> bool {
+        self.print
+    }
+
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }

@@ -98,7 +98,7 @@ pub enum Refusal {
     TrailingData,
     #[error("cannot write it")]
     Write,
-    #[error("stopped: the agent is shutting down")]
+    #[error("stopped: the agent is shutting down, or an operator cancelled the deploy")]
     Stopped,
 }
 
@@ -186,7 +186,8 @@ fn not_zstd(head: &[u8]) -> Option<&'static str> {
     } else if head.len() >= 262 && &head[257..262] == b"ustar" {
         "an uncompressed tar archive"
     } else {
-        "in no format switchback knows"
+        // Unknown bytes: zstd itself says what is wrong with them (the stream is corrupt).
+        return None;
     })
 }
 
@@ -381,7 +382,17 @@ impl Unpacker<'_> {
             let mut entry = entry.map_err(|e| stream_error(None, e, self.limits))?;
             self.report.entries += 1;
             crate::progress::beat();
-            if crate::progress::shutting_down() {
+            crate::progress::step_progress(|| {
+                format!(
+                    "unpacking: {} entries, {}",
+                    self.report.entries,
+                    bytesize::ByteSize(self.report.bytes).display().iec()
+                )
+            });
+            // A shutdown is a flag; a cancel request is a file, looked for every 256 entries.
+            if crate::progress::shutting_down()
+                || (self.report.entries.is_multiple_of(256) && crate::progress::interrupted().is_some())
+            {
                 return Err(UnpackError::new(None, Refusal::Stopped));
             }
             if self.report.entries > self.limits.max_entries {
