@@ -67,6 +67,9 @@ pub struct AppConfig {
     /// The app's user, "USER", "USER:GROUP" or "UID:GID": it owns what it writes under `ROOT/shared/`, and its group
     /// may read the release (which stays root's: nobody but root can change a verified release).
     pub owner: Option<String>,
+    /// Absolute prefixes a symlink of a release may lead into, outside the release (its `ROOT/shared` always may).
+    #[serde(default = "default_outside_links")]
+    pub outside_links: Vec<PathBuf>,
     /// The user hooks and exec checks run as (default: `owner`, or root when there is none); "root" to keep root.
     pub run_as: Option<String>,
     /// The longest a manifest may stay valid (`expires` minus now); a manifest asking for longer is refused.
@@ -286,6 +289,10 @@ fn default_deadline() -> Duration {
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(300)
 }
+/// The system's own directories: a virtualenv's `bin/python3 -> /usr/bin/python3`, a link to a system library.
+pub fn default_outside_links() -> Vec<PathBuf> {
+    ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/etc/alternatives"].iter().map(PathBuf::from).collect()
+}
 fn default_max_lifetime() -> Duration {
     Duration::from_secs(90 * 86400)
 }
@@ -448,6 +455,15 @@ impl Config {
             }
             if let Some(owner) = &app.owner {
                 crate::owner::Owner::parse(owner).map_err(|e| format!("{}: {e}", key("owner")))?;
+            }
+            for p in &app.outside_links {
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                    return Err(format!(
+                        "{}: `{}` must be an absolute path without `..`",
+                        key("outside_links"),
+                        p.display()
+                    ));
+                }
             }
             if let Some(user) = &app.run_as {
                 crate::owner::Owner::parse(user).map_err(|e| format!("{}: {e}", key("run_as")))?;

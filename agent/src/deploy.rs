@@ -237,11 +237,15 @@ fn stage_release(
         let print = tl.prints();
         let report = tl.step("unpack", || {
             crate::progress::long_work(format!("deploying {v}"), print, || {
-                unpack::unpack_tar_zst(
+                unpack::unpack_tar_zst_with(
                     std::io::BufReader::with_capacity(64 << 10, file),
                     staging.fd(),
                     &app.cfg.limits,
                     app.store.read_group(),
+                    &unpack::LinkPolicy {
+                        location: Some(app.store.release_dir(v)),
+                        outside: app.cfg.outside_links.clone(),
+                    },
                 )
             })
             .map_err(|source| unpack_failed(app, &archive, &staging, source))
@@ -309,7 +313,7 @@ fn unpack_failed(
                 .context(format!("cancelled while unpacking by an operator's request ({why}); nothing was activated")),
             _ => Error::Interrupted { app: app.name.clone(), step: "the unpack".to_owned() }.into(),
         },
-        _ => Error::ArchiveRefused { archive: archive.to_owned(), source }.into(),
+        _ => Error::ArchiveRefused { archive: archive.to_owned(), source: Box::new(source) }.into(),
     }
 }
 

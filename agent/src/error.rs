@@ -32,7 +32,7 @@ pub enum Error {
     ArchiveRefused {
         archive: PathBuf,
         #[source]
-        source: crate::unpack::UnpackError,
+        source: Box<crate::unpack::UnpackError>,
     },
 
     #[error(

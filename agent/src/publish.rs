@@ -187,8 +187,20 @@ fn check_archive(archive: &Path) -> anyhow::Result<()> {
     let fd = File::open(dir.path()).with_context(|| format!("opening {}", dir.path().display()))?;
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let limits = crate::config::Limits::default();
-    crate::unpack::unpack_tar_zst(std::io::BufReader::with_capacity(64 << 10, file), fd.as_fd(), &limits, None)
-        .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source })?;
+    // Agents judge links that leave the release by their own `outside_links`; publish uses the default, and a
+    // release location of the usual shape (so links into ROOT/shared pass).
+    let links = crate::unpack::LinkPolicy {
+        location: Some(PathBuf::from("/srv/app/releases/check")),
+        outside: crate::config::default_outside_links(),
+    };
+    crate::unpack::unpack_tar_zst_with(
+        std::io::BufReader::with_capacity(64 << 10, file),
+        fd.as_fd(),
+        &limits,
+        None,
+        &links,
+    )
+    .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source: Box::new(source) })?;
     Ok(())
 }
 
