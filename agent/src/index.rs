@@ -422,8 +422,9 @@ pub fn exec_paths(argv: &[String], release: &Path, current: &Path) -> BTreeSet<V
         if clean.as_os_str().is_empty() {
             continue;
         }
-        // Only what is a file of the release (an argument like `--fast` is not).
-        if std::fs::symlink_metadata(release.join(&clean)).is_ok_and(|m| m.is_file()) || i == 0 {
+        // Only what is a regular file of the release (an argument like `--fast` is not; a link, such as a
+        // virtualenv's `bin/python`, runs what it leads to, and is itself checked with the whole tree).
+        if std::fs::symlink_metadata(release.join(&clean)).is_ok_and(|m| m.is_file()) {
             out.insert(clean.as_os_str().as_bytes().to_vec());
         }
     }
