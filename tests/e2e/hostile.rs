@@ -16,22 +16,22 @@ use crate::harness::*;
 
 /// One 512-byte header, field by field. `size` is what the header claims, whatever data follows it.
 #[derive(Clone, Copy)]
-struct Hdr<'a> {
-    kind: u8,
-    name: &'a [u8],
-    link: &'a [u8],
-    prefix: &'a [u8],
-    mode: u32,
-    size: u64,
+pub(crate) struct Hdr<'a> {
+    pub(crate) kind: u8,
+    pub(crate) name: &'a [u8],
+    pub(crate) link: &'a [u8],
+    pub(crate) prefix: &'a [u8],
+    pub(crate) mode: u32,
+    pub(crate) size: u64,
 }
 
-fn hdr(kind: u8, name: &[u8]) -> Hdr<'_> {
+pub(crate) fn hdr(kind: u8, name: &[u8]) -> Hdr<'_> {
     Hdr { kind, name, link: b"", prefix: b"", mode: 0o644, size: 0 }
 }
 
 impl Hdr<'_> {
     /// A ustar header ("ustar\0" "00", so the prefix field counts) with a correct checksum.
-    fn bytes(&self) -> [u8; 512] {
+    pub(crate) fn bytes(&self) -> [u8; 512] {
         let mut h = [0u8; 512];
         put(&mut h[0..100], self.name);
         octal(&mut h[100..108], self.mode.into());
@@ -67,82 +67,82 @@ fn octal(field: &mut [u8], value: u64) {
 }
 
 /// An uncompressed tar stream, written block by block.
-struct Tar(Vec<u8>);
+pub(crate) struct Tar(pub(crate) Vec<u8>);
 
 impl Tar {
-    fn new() -> Tar {
+    pub(crate) fn new() -> Tar {
         Tar(Vec::new())
     }
 
     /// Appends a header and `data`, padded to a whole block.
-    fn push(mut self, h: Hdr<'_>, data: &[u8]) -> Tar {
+    pub(crate) fn push(mut self, h: Hdr<'_>, data: &[u8]) -> Tar {
         self.0.extend_from_slice(&h.bytes());
         self.0.extend_from_slice(data);
         self.0.resize(self.0.len().next_multiple_of(512), 0);
         self
     }
 
-    fn file(self, name: impl AsRef<[u8]>, data: &[u8]) -> Tar {
+    pub(crate) fn file(self, name: impl AsRef<[u8]>, data: &[u8]) -> Tar {
         self.file_mode(name, data, 0o644)
     }
 
-    fn file_mode(self, name: impl AsRef<[u8]>, data: &[u8], mode: u32) -> Tar {
+    pub(crate) fn file_mode(self, name: impl AsRef<[u8]>, data: &[u8], mode: u32) -> Tar {
         self.push(Hdr { mode, size: data.len() as u64, ..hdr(b'0', name.as_ref()) }, data)
     }
 
-    fn dir(self, name: impl AsRef<[u8]>) -> Tar {
+    pub(crate) fn dir(self, name: impl AsRef<[u8]>) -> Tar {
         self.dir_mode(name, 0o755)
     }
 
-    fn dir_mode(self, name: impl AsRef<[u8]>, mode: u32) -> Tar {
+    pub(crate) fn dir_mode(self, name: impl AsRef<[u8]>, mode: u32) -> Tar {
         self.push(Hdr { mode, ..hdr(b'5', name.as_ref()) }, b"")
     }
 
-    fn symlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
+    pub(crate) fn symlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
         self.push(Hdr { mode: 0o777, link: target.as_ref(), ..hdr(b'2', name.as_ref()) }, b"")
     }
 
-    fn hardlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
+    pub(crate) fn hardlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
         self.push(Hdr { link: target.as_ref(), ..hdr(b'1', name.as_ref()) }, b"")
     }
 
     /// A data-less entry of any type byte (devices, fifos, unknown types).
-    fn special(self, kind: u8, name: impl AsRef<[u8]>) -> Tar {
+    pub(crate) fn special(self, kind: u8, name: impl AsRef<[u8]>) -> Tar {
         self.push(hdr(kind, name.as_ref()), b"")
     }
 
     /// A PAX extended header: `b'x'` for the next entry, `b'g'` global.
-    fn pax(self, kind: u8, records: &[(&str, &[u8])]) -> Tar {
+    pub(crate) fn pax(self, kind: u8, records: &[(&str, &[u8])]) -> Tar {
         let data = pax_records(records);
         self.push(Hdr { size: data.len() as u64, ..hdr(kind, b"PaxHeaders/entry") }, &data)
     }
 
     /// A GNU long name (`b'L'`) or long link (`b'K'`) record; the value is stored NUL-terminated, as GNU tar does.
-    fn gnu_long(self, kind: u8, value: impl AsRef<[u8]>) -> Tar {
+    pub(crate) fn gnu_long(self, kind: u8, value: impl AsRef<[u8]>) -> Tar {
         let mut data = value.as_ref().to_vec();
         data.push(0);
         self.push(Hdr { size: data.len() as u64, ..hdr(kind, b"././@LongLink") }, &data)
     }
 
     /// The stream with its two end-of-archive zero blocks.
-    fn end(mut self) -> Vec<u8> {
+    pub(crate) fn end(mut self) -> Vec<u8> {
         self.0.extend_from_slice(&[0; 1024]);
         self.0
     }
 
     /// The stream as written so far, without end-of-archive blocks.
-    fn unterminated(self) -> Vec<u8> {
+    pub(crate) fn unterminated(self) -> Vec<u8> {
         self.0
     }
 
     /// `end()`, compressed.
-    fn zst(self) -> Vec<u8> {
+    pub(crate) fn zst(self) -> Vec<u8> {
         zst(&self.end())
     }
 }
 
 /// PAX records `LEN key=value\n`, where LEN counts the whole record including its own digits.
-fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (key, value) in records {
         let base = key.len() + value.len() + 3; // ' ', '=', '\n'
@@ -158,7 +158,7 @@ fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// Deterministic incompressible bytes.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         seed ^= seed << 13;
@@ -185,7 +185,7 @@ const UP_TO_OUTSIDE: &str = "../../../../outside";
 /// Deploys `v1`, then `archive` as `v2`, which must be refused naming `entry` (when given) and `reason`; then
 /// checks that nothing changed and that the agent still deploys.
 #[track_caller]
-fn refused(h: &Host, case: &str, archive: &[u8], entry: Option<&str>, reason: &str) {
+pub(crate) fn refused(h: &Host, case: &str, archive: &[u8], entry: Option<&str>, reason: &str) {
     h.deploy_simple("v1").expect(0);
     let path = h.archive(&format!("{case}.tar.zst"), archive);
     let out = h.deploy(&path, "v2");
@@ -202,7 +202,7 @@ fn refused(h: &Host, case: &str, archive: &[u8], entry: Option<&str>, reason: &s
 
 /// After a refused `v2`: `current` is still `v1`, nothing escaped, no staging directory is left, and `v3` deploys.
 #[track_caller]
-fn assert_untouched(h: &Host, case: &str) {
+pub(crate) fn assert_untouched(h: &Host, case: &str) {
     assert_eq!(h.current().as_deref(), Some("v1"), "{case}: current moved");
     assert_eq!(h.read_current("version.txt"), "v1", "{case}: the current release changed");
     assert_eq!(h.escapes("pwned"), Vec::<PathBuf>::new(), "{case}: something was written where it must not be");
@@ -214,7 +214,7 @@ fn assert_untouched(h: &Host, case: &str) {
 
 /// Deploys `v1`, then `archive` as `v2`, which must succeed; returns the new release's directory.
 #[track_caller]
-fn accepted(h: &Host, case: &str, archive: &[u8]) -> PathBuf {
+pub(crate) fn accepted(h: &Host, case: &str, archive: &[u8]) -> PathBuf {
     h.deploy_simple("v1").expect(0);
     let path = h.archive(&format!("{case}.tar.zst"), archive);
     let out = h.deploy(&path, "v2");

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod faults;
+mod fidelity;
 mod fuzz;
 mod health;
 mod hostile;
