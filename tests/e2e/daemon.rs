@@ -8,29 +8,29 @@ use std::time::{Duration, Instant};
 use crate::bucket::{keygen, publish, release_dir, trust_new_key, wait_for, Azurite, Daemon, Garage, Proxy};
 use crate::harness::{Host, Service};
 
-const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
-const LIVE: Duration = Duration::from_secs(30);
+pub(crate) const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
+pub(crate) const LIVE: Duration = Duration::from_secs(30);
 
 /// A host whose app `web` follows channel `production` of a Garage bucket, through a proxy.
-struct S3Host {
+pub(crate) struct S3Host {
     // Fields drop in this order: the service first (its pidfile lives in the host's directory).
-    svc: Service,
-    garage: Garage,
-    proxy: Proxy,
-    host: Host,
-    key: PathBuf,
-    env: Vec<(String, String)>,
+    pub(crate) svc: Service,
+    pub(crate) garage: Garage,
+    pub(crate) proxy: Proxy,
+    pub(crate) host: Host,
+    pub(crate) key: PathBuf,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// Waits until the service answers `/version.txt` from `version` (it restarts after the switch).
-fn wait_served(svc: &Service, version: &str) {
+pub(crate) fn wait_served(svc: &Service, version: &str) {
     wait_for(&format!("the service to serve {version}"), LIVE, || {
         svc.get("/version.txt").is_some_and(|(code, body)| code == 200 && body.ends_with(version))
     });
 }
 
 impl S3Host {
-    fn new(health: &str) -> S3Host {
+    pub(crate) fn new(health: &str) -> S3Host {
         let garage = Garage::start();
         let proxy = Proxy::start(garage.s3_port);
         let endpoint = proxy.endpoint();
@@ -49,31 +49,31 @@ impl S3Host {
         S3Host { garage, proxy, host, svc, key, env }
     }
 
-    fn publish(&self, version: &str, health: u16) {
+    pub(crate) fn publish(&self, version: &str, health: u16) {
         let dir = release_dir(&self.host, version, health);
         self.publish_with_key(&self.key, version, &[dir.to_str().unwrap()]).expect(0);
     }
 
-    fn publish_with_key(&self, key: &std::path::Path, version: &str, extra: &[&str]) -> crate::harness::Out {
+    pub(crate) fn publish_with_key(&self, key: &std::path::Path, version: &str, extra: &[&str]) -> crate::harness::Out {
         let endpoint = self.garage.endpoint();
         let mut args = vec!["--endpoint", &endpoint, "--region", "garage", "--allow-http"];
         args.extend_from_slice(extra);
         publish(&self.host, &self.env, "s3://releases", key, version, &args)
     }
 
-    fn daemon(&self) -> Daemon {
+    pub(crate) fn daemon(&self) -> Daemon {
         Daemon::start(&self.host, &self.env)
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.host.run(&["status", "web", "--json"]).expect(0).json()["apps"][0].clone()
     }
 
-    fn bad(&self) -> Vec<String> {
+    pub(crate) fn bad(&self) -> Vec<String> {
         self.status()["bad"].as_array().unwrap().iter().map(|b| b["version"].as_str().unwrap().to_owned()).collect()
     }
 
-    fn wait_current(&self, version: &str) -> Duration {
+    pub(crate) fn wait_current(&self, version: &str) -> Duration {
         let start = Instant::now();
         wait_for(&format!("current to become {version}"), LIVE, || self.host.current().as_deref() == Some(version));
         let took = start.elapsed();
@@ -368,7 +368,7 @@ fn follows_a_channel_in_azure_blob_storage() {
     assert_eq!(d.stop(), 0, "log:\n{}", d.log());
 }
 
-fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
+pub(crate) fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
     let (host, svc) = Service::host_with(
         |h| format!("source = \"file://{}/bucket/web\"\ntrusted_keys = [\"PUBLIC_KEY\"]\n", h.path().display()),
         health,
@@ -379,7 +379,7 @@ fn file_host(health: &str) -> (Host, Service, PathBuf, String) {
     (host, svc, key, base)
 }
 
-fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, health: u16, extra: &[&str]) {
+pub(crate) fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, health: u16, extra: &[&str]) {
     let dir = release_dir(host, version, health);
     let mut args = extra.to_vec();
     args.push(dir.to_str().unwrap());
@@ -387,7 +387,7 @@ fn file_publish(host: &Host, key: &std::path::Path, base: &str, version: &str, h
 }
 
 /// The test's own notify socket, and the environment that points a daemon at it with a 1 s watchdog.
-fn notify_socket(host: &Host) -> (UnixDatagram, Vec<(String, String)>) {
+pub(crate) fn notify_socket(host: &Host) -> (UnixDatagram, Vec<(String, String)>) {
     let path = host.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     let env = vec![

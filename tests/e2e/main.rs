@@ -13,4 +13,5 @@ mod fuzz;
 mod health;
 mod hostile;
 mod nspawn;
+mod operations;
 mod security;
