@@ -35,6 +35,9 @@ use switchback::config::Limits;
 #[path = "../../tests/e2e/fuzz.rs"]
 #[allow(dead_code, unused_imports)]
 mod shared;
+/// The tests' raw tar writer, which the fuzz module writes its archives with (as `crate::tarw`).
+#[path = "../../tests/e2e/tarw.rs"]
+mod tarw;
 
 use shared::{Feed, Sandbox};
 

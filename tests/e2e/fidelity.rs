@@ -1,7 +1,7 @@
 //! Fidelity: a release is what GNU tar would extract from the archive, or the archive is refused on purpose (the
 //! README's "What an archive may contain"). Three kinds of evidence, all through the real binary:
-//! - reproductions of the format's corner cases, built byte by byte with the hostile corpus's raw writer; where the
-//!   archive is accepted, the release is also compared with GNU tar's own extraction of the same bytes;
+//! - reproductions of the format's corner cases, built byte by byte with the tests' raw tar writer (`tarw`); where
+//!   the archive is accepted, the release is also compared with GNU tar's own extraction of the same bytes;
 //! - a differential test: trees packed by GNU tar in each of its formats (and appended to with `tar -r`), deployed,
 //!   and compared with what GNU tar extracts from the same archive;
 //! - a real Python virtualenv and a real node_modules tree, deployed and run from `current`.
@@ -14,7 +14,8 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::harness::*;
-use crate::hostile::{accepted, hdr, noise, refused, Hdr, Tar};
+use crate::hostile::{accepted, noise, refused};
+use crate::tarw::{hdr, Hdr, Tar};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Comparing trees
@@ -111,14 +112,6 @@ fn accepted_like_gnu(h: &Host, case: &str, tar: &[u8]) -> PathBuf {
     let gnu = gnu_extract(&raw);
     assert_same(case, &snapshot(&rel), &snapshot(gnu.path()));
     rel
-}
-
-/// A header block written as it is (a checksum of the test's own making), then `data` padded to a block.
-fn raw(mut tar: Tar, block: [u8; 512], data: &[u8]) -> Tar {
-    tar.0.extend_from_slice(&block);
-    tar.0.extend_from_slice(data);
-    tar.0.resize(tar.0.len().next_multiple_of(512), 0);
-    tar
 }
 
 /// The header's byte sum with its checksum field as spaces: (unsigned, signed).
@@ -237,7 +230,7 @@ fn signed_checksum_is_accepted() {
     let (unsigned, signed) = sums(&mut block);
     assert!(signed < unsigned, "the name's bytes >= 0x80 make the sums differ");
     block[148..156].copy_from_slice(format!("{signed:06o}\0 ").as_bytes());
-    let tar = raw(Tar::new(), block, b"signed").end();
+    let tar = Tar::new().block(block, b"signed").end();
     let rel = accepted_like_gnu(&h, "signed_checksum", &tar);
     assert_eq!(read(&rel.join("café-signé.txt")), "signed");
 }
@@ -303,7 +296,7 @@ fn checksum_junk_after_its_nul_is_ignored() {
     let field = format!("{unsigned:05o}\x0036");
     assert_eq!(field.len(), 8);
     block[148..156].copy_from_slice(field.as_bytes());
-    let tar = raw(Tar::new(), block, b"junk").end();
+    let tar = Tar::new().block(block, b"junk").end();
     let rel = accepted_like_gnu(&h, "checksum_junk", &tar);
     assert_eq!(read(&rel.join("junk-sum.txt")), "junk");
 }

@@ -58,6 +58,9 @@ use std::time::{Duration, Instant};
 use switchback::config::Limits;
 use switchback::unpack::{self, Report, UnpackError};
 
+pub use crate::tarw::fix_checksums;
+use crate::tarw::{base256, hdr, octal, pax_record, put, set_checksum, ustar_split, Format, Hdr, Tar};
+
 /// How long `fuzz_unpacker` runs without `SWITCHBACK_FUZZ_SECS`.
 const DEFAULT_SECS: u64 = 20;
 /// The seed without `SWITCHBACK_FUZZ_SEED`: fixed, so that CI always runs the same cases.
@@ -268,7 +271,7 @@ type Entry<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
 /// A plain tar stream with sound ustar headers: `(type, name, link target, data)`. Names and targets that do not
 /// fit the header, or hold a NUL, go in a PAX record.
 fn sound_tar(entries: &[Entry]) -> Vec<u8> {
-    let mut out = TarOut::default();
+    let mut out = Tar::new();
     for (kind, name, link, data) in entries {
         let mut pax = Vec::new();
         let (mut hname, mut hlink) = (name.to_vec(), link.to_vec());
@@ -281,12 +284,12 @@ fn sound_tar(entries: &[Entry]) -> Vec<u8> {
             hlink = Vec::new();
         }
         if !pax.is_empty() {
-            out.push_record(b'x', b"PaxHeaders/e", &pax, Format::Ustar);
+            out.append_record(b'x', b"PaxHeaders/e", &pax, Format::Ustar);
         }
-        let h = Hdr { link: hlink, ..Hdr::new(*kind, hname, 0o644, data.len() as u64, Format::Ustar) };
-        out.push(clean_header(&h), data);
+        let h = Hdr { link: &hlink, size: data.len() as u64, ..hdr(*kind, &hname) };
+        out.append(h.bytes(), data);
     }
-    out.bytes.extend_from_slice(&[0; 1024]);
+    out.append_end();
     out.bytes
 }
 
@@ -637,137 +640,6 @@ fn resolve(staging: &Path, link: &[Vec<u8>], target: &[u8], hops: &mut u32) -> R
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Tar bytes
-// ---------------------------------------------------------------------------------------------------------------
-
-/// A tar stream being written, with the offsets of its headers (which mutations aim at).
-#[derive(Default)]
-struct TarOut {
-    bytes: Vec<u8>,
-    headers: Vec<usize>,
-}
-
-impl TarOut {
-    fn push(&mut self, header: [u8; 512], data: &[u8]) {
-        self.headers.push(self.bytes.len());
-        self.bytes.extend_from_slice(&header);
-        self.bytes.extend_from_slice(data);
-        self.bytes.resize(self.bytes.len().next_multiple_of(512), 0);
-    }
-
-    /// A sound extension record (PAX `x`/`g`, GNU `L`/`K`) named `name`, with `body` as its data.
-    fn push_record(&mut self, kind: u8, name: &[u8], body: &[u8], format: Format) {
-        self.push(clean_header(&Hdr::new(kind, name.to_vec(), 0o644, body.len() as u64, format)), body);
-    }
-
-    /// A GNU long name (`L`) or long link (`K`) record for `value`, NUL-terminated as GNU tar writes it.
-    fn push_gnu_long(&mut self, kind: u8, value: &[u8], format: Format) {
-        self.push_record(kind, b"././@LongLink", &[value, b"\0"].concat(), format);
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Ustar,
-    Gnu,
-    V7,
-}
-
-/// One header's fields.
-struct Hdr {
-    kind: u8,
-    name: Vec<u8>,
-    prefix: Vec<u8>,
-    link: Vec<u8>,
-    mode: u64,
-    size: u64,
-    format: Format,
-}
-
-impl Hdr {
-    /// A header without a ustar prefix or link target.
-    fn new(kind: u8, name: Vec<u8>, mode: u64, size: u64, format: Format) -> Hdr {
-        Hdr { kind, name, prefix: Vec::new(), link: Vec::new(), mode, size, format }
-    }
-}
-
-fn put_trunc(field: &mut [u8], value: &[u8]) {
-    let n = value.len().min(field.len());
-    field[..n].copy_from_slice(&value[..n]);
-}
-
-fn set_checksum(h: &mut [u8]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-}
-
-/// A numeric field the way tar writes it: zero-padded octal and a NUL, or base-256 when that does not fit.
-fn octal(field: &mut [u8], v: u64) {
-    let text = format!("{v:0width$o}", width = field.len() - 1);
-    if text.len() < field.len() {
-        field[..text.len()].copy_from_slice(text.as_bytes());
-        field[text.len()..].fill(0);
-    } else {
-        base256(field, v);
-    }
-}
-
-fn base256(field: &mut [u8], v: u64) {
-    field.fill(0);
-    field[0] = 0x80;
-    let be = v.to_be_bytes();
-    let n = be.len().min(field.len() - 1);
-    let len = field.len();
-    field[len - n..].copy_from_slice(&be[be.len() - n..]);
-}
-
-/// Reads a numeric field as tar does (octal between spaces and NULs, or base-256); garbage reads as 0.
-fn parse_num(field: &[u8]) -> u64 {
-    if field[0] & 0x80 != 0 {
-        return field[1..].iter().fold(0u64, |a, b| a.saturating_mul(256).saturating_add(u64::from(*b)));
-    }
-    let s: Vec<u8> =
-        field.iter().copied().skip_while(|b| *b == b' ' || *b == 0).take_while(|b| *b != b' ' && *b != 0).collect();
-    std::str::from_utf8(&s).ok().and_then(|s| u64::from_str_radix(s, 8).ok()).unwrap_or(0)
-}
-
-/// Repairs the checksum of every header, walking the stream by the headers' size fields as a reader would. Used
-/// after mutations (and by the cargo-fuzz target) so that changes reach the parser instead of its checksum test.
-pub fn fix_checksums(tar: &mut [u8]) {
-    let mut at = 0usize;
-    while at + 512 <= tar.len() {
-        let block = &mut tar[at..at + 512];
-        if block.iter().all(|b| *b == 0) {
-            at += 512;
-            continue;
-        }
-        set_checksum(block);
-        let size = parse_num(&block[124..136]);
-        let skip = size.div_ceil(512).saturating_mul(512);
-        match usize::try_from(skip).ok().and_then(|s| s.checked_add(512)).and_then(|s| at.checked_add(s)) {
-            Some(next) => at = next,
-            None => return,
-        }
-    }
-}
-
-/// PAX records `LEN key=value\n`, where LEN counts the whole record including its own digits.
-fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
-    let base = key.len() + value.len() + 3;
-    let mut len = base + 1;
-    while len != base + len.to_string().len() {
-        len = base + len.to_string().len();
-    }
-    let mut out = format!("{len} ").into_bytes();
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    out
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Cases
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -887,7 +759,7 @@ pub fn generate(seed: u64, index: u64, targets: &[Vec<u8>]) -> Case {
         _ => {
             let n = g.rng.usize(0..3000);
             g.note(format!("{n} random bytes"));
-            (TarOut { bytes: g.bytes(n), headers: Vec::new() }, None)
+            (Tar { bytes: g.bytes(n), headers: Vec::new() }, None)
         }
     };
     if (20..=34).contains(&roll) || ((35..=89).contains(&roll) && g.chance(25)) {
@@ -1127,8 +999,8 @@ fn relative(g: &mut G, from: &str, to: &str) -> String {
 }
 
 /// A well-formed archive and the tree it must unpack to.
-fn benign(g: &mut G) -> (TarOut, Model) {
-    let mut out = TarOut::default();
+fn benign(g: &mut G) -> (Tar, Model) {
+    let mut out = Tar::new();
     let mut model = Model::default();
     let mut taken: BTreeSet<String> = BTreeSet::new();
     let mut dirs: Vec<String> = vec![String::new()];
@@ -1138,7 +1010,7 @@ fn benign(g: &mut G) -> (TarOut, Model) {
     g.note(format!("benign archive, {format:?} headers"));
     if g.chance(10) {
         let data = pax_record(b"comment", b"generated by the fuzz test");
-        out.push_record(b'g', b"pax_global_header", &data, format);
+        out.append_record(b'g', b"pax_global_header", &data, format);
         g.note("  global PAX header with a comment".into());
     }
     for _ in 0..g.rng.usize(1..=16) {
@@ -1209,71 +1081,30 @@ fn benign(g: &mut G) -> (TarOut, Model) {
         benign_entry(g, &mut out, b'0', "only", "", 0o644, b"x", format);
         model.files.insert("only".into(), (b"x".to_vec(), file_mode(0o644)));
     }
-    out.bytes.extend_from_slice(&[0; 1024]);
+    out.append_end();
     (out, model)
-}
-
-/// The format's magic and version (and for ustar the name prefix); V7 has neither.
-fn put_magic(b: &mut [u8; 512], h: &Hdr) {
-    match h.format {
-        Format::Ustar => {
-            b[257..263].copy_from_slice(b"ustar\0");
-            b[263..265].copy_from_slice(b"00");
-            put_trunc(&mut b[345..500], &h.prefix);
-        }
-        Format::Gnu => b[257..265].copy_from_slice(b"ustar  \0"),
-        Format::V7 => {}
-    }
-}
-
-/// A header that any reader takes as written.
-fn clean_header(h: &Hdr) -> [u8; 512] {
-    let mut b = [0u8; 512];
-    put_trunc(&mut b[0..100], &h.name);
-    octal(&mut b[100..108], h.mode);
-    octal(&mut b[108..116], 0);
-    octal(&mut b[116..124], 0);
-    octal(&mut b[124..136], h.size);
-    octal(&mut b[136..148], 1_700_000_000);
-    b[156] = h.kind;
-    put_trunc(&mut b[157..257], &h.link);
-    put_magic(&mut b, h);
-    if h.format != Format::V7 {
-        put_trunc(&mut b[265..297], b"root");
-        put_trunc(&mut b[297..329], b"root");
-    }
-    set_checksum(&mut b);
-    b
-}
-
-/// Splits a path for the ustar prefix field: prefix up to 155 bytes, name up to 100, at a `/`.
-fn ustar_split(path: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    (0..path.len()).rev().filter(|i| path[*i] == b'/').find_map(|i| {
-        let (p, n) = (&path[..i], &path[i + 1..]);
-        (p.len() <= 155 && n.len() <= 100 && !n.is_empty() && !p.is_empty()).then(|| (p.to_vec(), n.to_vec()))
-    })
 }
 
 /// One well-formed entry: long names and targets go in a PAX, GNU or ustar-prefix record, as a real tar would.
 #[allow(clippy::too_many_arguments)]
-fn benign_entry(g: &mut G, out: &mut TarOut, kind: u8, name: &str, link: &str, mode: u32, data: &[u8], format: Format) {
+fn benign_entry(g: &mut G, out: &mut Tar, kind: u8, name: &str, link: &str, mode: u32, data: &[u8], format: Format) {
     let mut name = name.as_bytes().to_vec();
     if g.chance(15) {
         name = [b"./".as_slice(), &name].concat();
     }
     let link = link.as_bytes().to_vec();
-    let mut h = Hdr { link: link.clone(), ..Hdr::new(kind, name.clone(), mode.into(), data.len() as u64, format) };
+    let (mut hprefix, mut hname) = (Vec::new(), name.clone());
     let mut pax = Vec::new();
     let mut how = "";
     if name.len() > 100 {
         let split = if format == Format::Ustar { ustar_split(&name) } else { None };
         match (split, g.rng.u32(0..3)) {
             (Some((p, n)), 0) => {
-                (h.prefix, h.name) = (p, n);
+                (hprefix, hname) = (p, n);
                 how = " (ustar prefix)";
             }
             (_, 1) => {
-                out.push_gnu_long(b'L', &name, format);
+                out.append_gnu_long(b'L', &name, format);
                 how = " (GNU long name)";
             }
             _ => {
@@ -1284,7 +1115,7 @@ fn benign_entry(g: &mut G, out: &mut TarOut, kind: u8, name: &str, link: &str, m
     }
     if link.len() > 100 {
         if g.chance(50) {
-            out.push_gnu_long(b'K', &link, format);
+            out.append_gnu_long(b'K', &link, format);
         } else {
             pax.extend(pax_record(b"linkpath", &link));
         }
@@ -1295,9 +1126,11 @@ fn benign_entry(g: &mut G, out: &mut TarOut, kind: u8, name: &str, link: &str, m
         pax.extend(pax_record(b"uname", b"someone"));
     }
     if !pax.is_empty() {
-        out.push_record(b'x', b"PaxHeaders/entry", &pax, format);
+        out.append_record(b'x', b"PaxHeaders/entry", &pax, format);
     }
-    out.push(clean_header(&h), data);
+    let size = data.len() as u64;
+    let h = Hdr { link: &link, prefix: &hprefix, mode: mode.into(), size, format, ..hdr(kind, &hname) };
+    out.append(h.bytes(), data);
     g.note(format!(
         "  {} {} {:o}{}{how} {} bytes",
         shown(&[kind]),
@@ -1488,7 +1321,7 @@ fn hostile_num(g: &mut G, field: &mut [u8], v: u64) {
         80..=84 => base256(field, v),
         85..=87 => {
             let text = format!("{v:0width$o}", width = field.len());
-            put_trunc(field, text.as_bytes());
+            put(field, text.as_bytes());
         }
         88..=90 => field.fill(0),
         91..=93 => g.rng.fill(field),
@@ -1505,10 +1338,10 @@ fn hostile_num(g: &mut G, field: &mut [u8], v: u64) {
 
 fn hostile_header(g: &mut G, h: &Hdr) -> [u8; 512] {
     if !g.chance(g.chaos) {
-        return clean_header(h);
+        return h.bytes();
     }
     let mut b = [0u8; 512];
-    put_trunc(&mut b[0..100], &h.name);
+    put(&mut b[0..100], h.name);
     hostile_num(g, &mut b[100..108], h.mode);
     let (uid, gid) = if g.chance(90) { (0, 0) } else { (g.rng.u64(..1 << 21), g.rng.u64(..)) };
     hostile_num(g, &mut b[108..116], uid);
@@ -1520,8 +1353,8 @@ fn hostile_header(g: &mut G, h: &Hdr) -> [u8; 512] {
     }
     hostile_num(g, &mut b[136..148], 1_700_000_000);
     b[156] = h.kind;
-    put_trunc(&mut b[157..257], &h.link);
-    put_magic(&mut b, h);
+    put(&mut b[157..257], h.link);
+    h.put_magic(&mut b);
     if matches!(h.kind, b'3' | b'4') || g.chance(3) {
         let (major, minor) = (g.rng.u64(..300), g.rng.u64(..300));
         hostile_num(g, &mut b[329..337], major);
@@ -1601,7 +1434,7 @@ fn hostile_pax(g: &mut G, names: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// An extension record (PAX local or global, GNU long name or link) as its own entry, with any body.
-fn push_record(g: &mut G, out: &mut TarOut, kind: u8, body: &[u8], format: Format) {
+fn push_record(g: &mut G, out: &mut Tar, kind: u8, body: &[u8], format: Format) {
     let size = match g.rng.u32(0..100) {
         _ if !g.chance(g.chaos) => body.len() as u64,
         0..=89 => body.len() as u64,
@@ -1609,15 +1442,15 @@ fn push_record(g: &mut G, out: &mut TarOut, kind: u8, body: &[u8], format: Forma
         _ => (body.len() as u64).saturating_add(g.rng.u64(1..600)),
     };
     let name: &[u8] = if kind == b'L' || kind == b'K' { b"././@LongLink" } else { b"PaxHeaders/x" };
-    let header = hostile_header(g, &Hdr::new(kind, name.to_vec(), 0o644, size, format));
-    out.push(header, body);
+    let header = hostile_header(g, &Hdr { size, format, ..hdr(kind, name) });
+    out.append(header, body);
     g.note(format!("  record {} size {size}: {}", kind as char, shown(body)));
 }
 
 /// A hostile archive. `tame` ones keep sound headers, records and ends, and only files, directories and links,
 /// so that most get as far as the symlink checks at the end instead of stopping at their first broken header.
-fn hostile(g: &mut G, tame: bool) -> TarOut {
-    let mut out = TarOut::default();
+fn hostile(g: &mut G, tame: bool) -> Tar {
+    let mut out = Tar::new();
     let mut names: Vec<Vec<u8>> = Vec::new();
     let format = g.pick(&[Format::Ustar, Format::Ustar, Format::Gnu, Format::V7]);
     g.chaos = if tame { 0 } else { 15 };
@@ -1699,9 +1532,9 @@ fn hostile(g: &mut G, tame: bool) -> TarOut {
             push_record(g, &mut out, extra, &body, format);
         }
 
-        let h = Hdr { kind, name: hname, prefix, link: hlink, mode, size, format };
+        let h = Hdr { kind, name: &hname, prefix: &prefix, link: &hlink, mode, size, format };
         let header = hostile_header(g, &h);
-        out.push(header, &body);
+        out.append(header, &body);
         g.note(format!(
             "  {} {} mode {mode:o} size {size} ({body_len} bytes){}",
             shown(&[kind]),
@@ -1713,7 +1546,7 @@ fn hostile(g: &mut G, tame: bool) -> TarOut {
         }
     }
     if tame {
-        out.bytes.extend_from_slice(&[0; 1024]);
+        out.append_end();
         return out;
     }
     if g.chance(5) {
@@ -1744,8 +1577,8 @@ fn tame_name(g: &mut G, names: &[Vec<u8>]) -> Vec<u8> {
 /// Sound headers for a few directories and files with distinct names, then symlinks with distinct names and
 /// hostile targets (to those entries, to each other, outward, absolute, in loops): the symlink checks at the end
 /// of the unpack are reached in nearly every case.
-fn links(g: &mut G) -> TarOut {
-    let mut out = TarOut::default();
+fn links(g: &mut G) -> Tar {
+    let mut out = Tar::new();
     let format = g.pick(&[Format::Ustar, Format::Gnu, Format::V7]);
     g.note(format!("symlink archive, {format:?} headers"));
     let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
@@ -1771,7 +1604,7 @@ fn links(g: &mut G) -> TarOut {
             let n = g.rng.usize(0..100);
             (b'0', g.bytes(n))
         };
-        out.push(clean_header(&Hdr::new(kind, path.clone(), 0o755, data.len() as u64, format)), &data);
+        out.append(Hdr { mode: 0o755, size: data.len() as u64, format, ..hdr(kind, &path) }.bytes(), &data);
         g.note(format!("  {} {}", kind as char, shown(&path)));
         if dir {
             dirs.push(path.clone());
@@ -1789,10 +1622,10 @@ fn links(g: &mut G) -> TarOut {
             hlink = Vec::new();
         }
         if !pax.is_empty() {
-            out.push_record(b'x', b"PaxHeaders/l", &pax, format);
+            out.append_record(b'x', b"PaxHeaders/l", &pax, format);
         }
-        let h = Hdr { link: hlink, ..Hdr::new(b'2', path.clone(), 0o777, 0, format) };
-        out.push(clean_header(&h), &[]);
+        let h = Hdr { link: &hlink, mode: 0o777, format, ..hdr(b'2', &path) };
+        out.append(h.bytes(), &[]);
         g.note(format!("  2 {} -> {}", shown(&path), shown(&target)));
         names.push(path);
     }
@@ -1800,16 +1633,16 @@ fn links(g: &mut G) -> TarOut {
         // Something through one of the links: refused, whatever the link resolves to.
         let via = g.pick(&names);
         let path = [via.as_slice(), b"/pwned"].concat();
-        out.push(clean_header(&Hdr::new(b'0', path.clone(), 0o644, 1, format)), b"!");
+        out.append(Hdr { size: 1, format, ..hdr(b'0', &path) }.bytes(), b"!");
         g.note(format!("  0 {}", shown(&path)));
     }
-    out.bytes.extend_from_slice(&[0; 1024]);
+    out.append_end();
     out
 }
 
 /// One header with random fields and a sound checksum, then the end.
-fn single_header(g: &mut G) -> TarOut {
-    let mut out = TarOut::default();
+fn single_header(g: &mut G) -> Tar {
+    let mut out = Tar::new();
     let mut h = [0u8; 512];
     g.rng.fill(&mut h);
     if g.chance(50) {
@@ -1822,13 +1655,13 @@ fn single_header(g: &mut G) -> TarOut {
     let n = g.rng.usize(0..1500);
     let body = g.bytes(n);
     g.note(format!("one random header ({:?} type) and {n} bytes", h[156] as char));
-    out.push(h, &body);
+    out.append(h, &body);
     end(g, &mut out);
     out
 }
 
 /// The end of the archive: two zero blocks, or fewer, or more, or garbage after them, or a cut.
-fn end(g: &mut G, out: &mut TarOut) {
+fn end(g: &mut G, out: &mut Tar) {
     let how = match g.rng.u32(0..100) {
         0..=69 => {
             out.bytes.extend_from_slice(&[0; 1024]);
@@ -1862,7 +1695,7 @@ fn end(g: &mut G, out: &mut TarOut) {
 }
 
 /// Byte-level mutations, mostly aimed at header fields, then (mostly) repaired checksums.
-fn mutate(g: &mut G, out: &mut TarOut) {
+fn mutate(g: &mut G, out: &mut Tar) {
     let k = g.rng.usize(1..=6);
     for _ in 0..k {
         if out.bytes.is_empty() {

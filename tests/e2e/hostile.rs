@@ -1,7 +1,7 @@
-//! Hostile and broken archives, built here byte by byte (the tar crate's builder refuses to write most of them).
-//! Each must be refused with a message naming the problem, leave `current`, the releases directory and everything
-//! outside the app root untouched, and leave the agent able to deploy again. Positive controls at the end prove
-//! the checks are not over-broad.
+//! Hostile and broken archives, built byte by byte with the tests' raw tar writer (`tarw`; the tar crate's
+//! builder refuses to write most of them). Each must be refused with a message naming the problem, leave
+//! `current`, the releases directory and everything outside the app root untouched, and leave the agent able to
+//! deploy again. Positive controls at the end prove the checks are not over-broad.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -9,153 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::tarw::{hdr, pax_records, Hdr, Tar};
 
 // ---------------------------------------------------------------------------------------------------------------
-// Raw tar writer
+// Shared assertions
 // ---------------------------------------------------------------------------------------------------------------
-
-/// One 512-byte header, field by field. `size` is what the header claims, whatever data follows it.
-#[derive(Clone, Copy)]
-pub(crate) struct Hdr<'a> {
-    pub(crate) kind: u8,
-    pub(crate) name: &'a [u8],
-    pub(crate) link: &'a [u8],
-    pub(crate) prefix: &'a [u8],
-    pub(crate) mode: u32,
-    pub(crate) size: u64,
-}
-
-pub(crate) fn hdr(kind: u8, name: &[u8]) -> Hdr<'_> {
-    Hdr { kind, name, link: b"", prefix: b"", mode: 0o644, size: 0 }
-}
-
-impl Hdr<'_> {
-    /// A ustar header ("ustar\0" "00", so the prefix field counts) with a correct checksum.
-    pub(crate) fn bytes(&self) -> [u8; 512] {
-        let mut h = [0u8; 512];
-        put(&mut h[0..100], self.name);
-        octal(&mut h[100..108], self.mode.into());
-        octal(&mut h[108..116], 0); // uid
-        octal(&mut h[116..124], 0); // gid
-        octal(&mut h[124..136], self.size);
-        octal(&mut h[136..148], 1_700_000_000); // mtime
-        h[156] = self.kind;
-        put(&mut h[157..257], self.link);
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        put(&mut h[265..297], b"root");
-        put(&mut h[297..329], b"root");
-        put(&mut h[345..500], self.prefix);
-        // The checksum is computed with its own field full of spaces, then written as six digits, NUL, space.
-        h[148..156].fill(b' ');
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        octal(&mut h[148..155], sum.into());
-        h
-    }
-}
-
-fn put(field: &mut [u8], value: &[u8]) {
-    assert!(value.len() <= field.len(), "{:?} does not fit in {} bytes", String::from_utf8_lossy(value), field.len());
-    field[..value.len()].copy_from_slice(value);
-}
-
-/// Zero-padded octal filling all but the last byte of the field, which stays NUL.
-fn octal(field: &mut [u8], value: u64) {
-    let text = format!("{value:0width$o}", width = field.len() - 1);
-    assert_eq!(text.len(), field.len() - 1, "{value} does not fit");
-    field[..text.len()].copy_from_slice(text.as_bytes());
-}
-
-/// An uncompressed tar stream, written block by block.
-pub(crate) struct Tar(pub(crate) Vec<u8>);
-
-impl Tar {
-    pub(crate) fn new() -> Tar {
-        Tar(Vec::new())
-    }
-
-    /// Appends a header and `data`, padded to a whole block.
-    pub(crate) fn push(mut self, h: Hdr<'_>, data: &[u8]) -> Tar {
-        self.0.extend_from_slice(&h.bytes());
-        self.0.extend_from_slice(data);
-        self.0.resize(self.0.len().next_multiple_of(512), 0);
-        self
-    }
-
-    pub(crate) fn file(self, name: impl AsRef<[u8]>, data: &[u8]) -> Tar {
-        self.file_mode(name, data, 0o644)
-    }
-
-    pub(crate) fn file_mode(self, name: impl AsRef<[u8]>, data: &[u8], mode: u32) -> Tar {
-        self.push(Hdr { mode, size: data.len() as u64, ..hdr(b'0', name.as_ref()) }, data)
-    }
-
-    pub(crate) fn dir(self, name: impl AsRef<[u8]>) -> Tar {
-        self.dir_mode(name, 0o755)
-    }
-
-    pub(crate) fn dir_mode(self, name: impl AsRef<[u8]>, mode: u32) -> Tar {
-        self.push(Hdr { mode, ..hdr(b'5', name.as_ref()) }, b"")
-    }
-
-    pub(crate) fn symlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
-        self.push(Hdr { mode: 0o777, link: target.as_ref(), ..hdr(b'2', name.as_ref()) }, b"")
-    }
-
-    pub(crate) fn hardlink(self, name: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Tar {
-        self.push(Hdr { link: target.as_ref(), ..hdr(b'1', name.as_ref()) }, b"")
-    }
-
-    /// A data-less entry of any type byte (devices, fifos, unknown types).
-    pub(crate) fn special(self, kind: u8, name: impl AsRef<[u8]>) -> Tar {
-        self.push(hdr(kind, name.as_ref()), b"")
-    }
-
-    /// A PAX extended header: `b'x'` for the next entry, `b'g'` global.
-    pub(crate) fn pax(self, kind: u8, records: &[(&str, &[u8])]) -> Tar {
-        let data = pax_records(records);
-        self.push(Hdr { size: data.len() as u64, ..hdr(kind, b"PaxHeaders/entry") }, &data)
-    }
-
-    /// A GNU long name (`b'L'`) or long link (`b'K'`) record; the value is stored NUL-terminated, as GNU tar does.
-    pub(crate) fn gnu_long(self, kind: u8, value: impl AsRef<[u8]>) -> Tar {
-        let mut data = value.as_ref().to_vec();
-        data.push(0);
-        self.push(Hdr { size: data.len() as u64, ..hdr(kind, b"././@LongLink") }, &data)
-    }
-
-    /// The stream with its two end-of-archive zero blocks.
-    pub(crate) fn end(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(&[0; 1024]);
-        self.0
-    }
-
-    /// The stream as written so far, without end-of-archive blocks.
-    pub(crate) fn unterminated(self) -> Vec<u8> {
-        self.0
-    }
-
-    /// `end()`, compressed.
-    pub(crate) fn zst(self) -> Vec<u8> {
-        zst(&self.end())
-    }
-}
-
-/// PAX records `LEN key=value\n`, where LEN counts the whole record including its own digits.
-pub(crate) fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (key, value) in records {
-        let base = key.len() + value.len() + 3; // ' ', '=', '\n'
-        let mut len = base + 1;
-        while len != base + len.to_string().len() {
-            len = base + len.to_string().len();
-        }
-        out.extend_from_slice(format!("{len} {key}=").as_bytes());
-        out.extend_from_slice(value);
-        out.push(b'\n');
-    }
-    out
-}
 
 /// Deterministic incompressible bytes.
 pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -169,10 +27,6 @@ pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
-
-// ---------------------------------------------------------------------------------------------------------------
-// Shared assertions
-// ---------------------------------------------------------------------------------------------------------------
 
 /// `DIR/outside/NAME`, as an absolute path string.
 fn outside(h: &Host, name: &str) -> String {

@@ -3,6 +3,7 @@
 mod bucket;
 mod bucket_faults;
 mod harness;
+mod tarw;
 
 mod cli;
 mod crash;
