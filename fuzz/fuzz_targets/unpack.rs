@@ -1,5 +1,5 @@
 //! cargo-fuzz target for the archive unpacker: arbitrary bytes, unpacked into a sandbox with the same checks as
-//! the end-to-end fuzz test, `tests/e2e/fuzz.rs`, which is included below for them (no panic; nothing outside
+//! the end-to-end fuzz test, `tests/e2e/fuzz/`, which is included below for them (no panic; nothing outside
 //! `staging` changes; no device, fifo or socket, no setuid, setgid, sticky or group/world write in it; every
 //! symlink in it resolves inside it). A failing check panics, which libFuzzer reports as a crash.
 //!
@@ -18,7 +18,7 @@
 //! The first build takes about 11 minutes on 2 cores; it then runs about 1000 inputs a second (with AddressSanitizer).
 //! Each run leaves its sandbox, `$TMPDIR/switchback-fuzz-*`, behind (libFuzzer exits without dropping statics).
 //! Crashes land in `fuzz/artifacts/unpack/`; replay one with `RUSTC_BOOTSTRAP=1 cargo fuzz run unpack FILE`, and
-//! keep it as a named test in `tests/e2e/fuzz.rs`.
+//! keep it as a named test in `tests/e2e/fuzz/regressions.rs`.
 //!
 //! Input format: the first byte picks how the rest is fed. `& 3`: 0 plain tar (`unpack_tar`), 1 plain tar after
 //! repairing every header's checksum (so that mutations reach the parser), 2 tar compressed here with zstd
@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use switchback::config::Limits;
 
-#[path = "../../tests/e2e/fuzz.rs"]
+#[path = "../../tests/e2e/fuzz/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod shared;
 /// The tests' raw tar writer, which the fuzz module writes its archives with (as `crate::tarw`).
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         0 => (Feed::Tar, rest.to_vec()),
         1 => {
             let mut tar = rest.to_vec();
-            shared::fix_checksums(&mut tar);
+            tarw::fix_checksums(&mut tar);
             (Feed::Tar, tar)
         }
         2 => (Feed::Zst, zstd::encode_all(rest, 1).unwrap()),
