@@ -1,18 +1,18 @@
 //! One managed app: its configuration, release store and state directory. Everything that changes an app goes
-//! through [`App::lock`] first, then [`crate::reconcile::reconcile`].
+//! through [`App::lock`] first, then [`crate::engine::reconcile::reconcile`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::base::owner::Owner;
+use crate::base::version::Version;
 use crate::config::{AppConfig, Config};
-use crate::history::{self, Event};
-use crate::lock::AppLock;
-use crate::owner::Owner;
-use crate::state::AppState;
-use crate::store::Store;
-use crate::version::Version;
+use crate::statedir::history::{self, Event};
+use crate::statedir::lock::AppLock;
+use crate::statedir::state::AppState;
+use crate::store::layout::Store;
 
 #[derive(Debug, Clone)]
 pub struct App {
@@ -41,7 +41,7 @@ impl App {
             .agent
             .read_group
             .as_deref()
-            .map(crate::trust::group)
+            .map(crate::base::trust::group)
             .transpose()
             .map_err(|e| invalid("read_group", e))?;
         Ok(App {
@@ -66,14 +66,14 @@ impl App {
     /// readable by the read group. As root, the directories above must be root's alone too.
     pub fn prepare_state_dir(&self) -> anyhow::Result<()> {
         let top = self.state_dir.parent().context("the state directory has a parent")?;
-        if crate::trust::running_as_root() {
+        if crate::base::trust::running_as_root() {
             if let Some(above) = top.parent() {
                 std::fs::create_dir_all(above).with_context(|| format!("creating {}", above.display()))?;
-                crate::trust::only_root_can_change(above, "state directory").map_err(anyhow::Error::msg)?;
+                crate::base::trust::only_root_can_change(above, "state directory").map_err(anyhow::Error::msg)?;
             }
         }
-        crate::trust::private_dir(top, self.read_group)?;
-        crate::trust::private_dir(&self.state_dir, self.read_group)
+        crate::base::trust::private_dir(top, self.read_group)?;
+        crate::base::trust::private_dir(&self.state_dir, self.read_group)
     }
 
     /// Creates the state directory and takes the app's lock for `what` (named to whoever finds it busy).
@@ -93,7 +93,7 @@ impl App {
     pub fn lock_preempting(&self, wait: Duration, command: &str, wants: Option<&Version>) -> anyhow::Result<AppLock> {
         let path = self.state_dir.join("lock");
         let version = wants.map(Version::as_str);
-        if crate::progress::in_worker() {
+        if crate::base::progress::in_worker() {
             self.prepare_state_dir()?;
             return AppLock::acquire(&self.name, &path, wait, command, version);
         }
@@ -101,14 +101,14 @@ impl App {
         if let Ok(lock) = AppLock::acquire(&self.name, &path, Duration::ZERO, command, version) {
             return Ok(lock);
         }
-        let Some(daemon) = crate::lock::holder(&path).filter(|h| h.daemon) else {
+        let Some(daemon) = crate::statedir::lock::holder(&path).filter(|h| h.daemon) else {
             return AppLock::acquire(&self.name, &path, wait, command, version);
         };
         let h = &self.cfg.health;
         let restart = self.cfg.service.as_ref().map_or(Duration::from_secs(90), |s| s.timeout);
         let enough = restart + h.start_period + h.deadline + h.bake + Duration::from_secs(30);
         if wants.is_some() && daemon.version.as_deref() == version {
-            crate::progress::note!(
+            crate::base::progress::note!(
                 "{}: the daemon (pid {}) is already bringing it to {}; waiting for it",
                 self.name,
                 daemon.pid,
@@ -116,14 +116,14 @@ impl App {
             );
             return AppLock::acquire(&self.name, &path, wait.max(enough), command, version);
         }
-        let cancel = self.state_dir.join(crate::progress::CANCEL_FILE);
-        let who = crate::history::Who::me();
-        crate::fsutil::write_atomic(
+        let cancel = self.state_dir.join(crate::base::progress::CANCEL_FILE);
+        let who = crate::statedir::history::Who::me();
+        crate::base::fsutil::write_atomic(
             &cancel,
             format!("`switchback {command}` by {} (pid {})\n", who.describe(), who.pid).as_bytes(),
         )
         .with_context(|| format!("writing {}", cancel.display()))?;
-        crate::progress::note!(
+        crate::base::progress::note!(
             "{}: the daemon (pid {}) is busy ({}{}); asked it to cancel that, waiting for it",
             self.name,
             daemon.pid,
@@ -181,7 +181,7 @@ impl App {
             }
         }
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        crate::fsutil::fsync_dir(&self.state_dir)?;
+        crate::base::fsutil::fsync_dir(&self.state_dir)?;
         Ok(recovered)
     }
 
@@ -212,16 +212,16 @@ impl App {
     pub fn recorded<T>(
         &self,
         mut ev: Event,
-        tl: &mut crate::timeline::Timeline,
-        f: impl FnOnce(&mut Event, &mut crate::timeline::Timeline) -> anyhow::Result<T>,
+        tl: &mut crate::base::timeline::Timeline,
+        f: impl FnOnce(&mut Event, &mut crate::base::timeline::Timeline) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         self.recover_pending_event()?;
         let pending = self.pending_event_path();
-        crate::fsutil::write_atomic(&pending, &serde_json::to_vec(&ev).context("serializing a history event")?)
+        crate::base::fsutil::write_atomic(&pending, &serde_json::to_vec(&ev).context("serializing a history event")?)
             .with_context(|| {
                 format!("saving this command's event to {} before it changes anything", pending.display())
             })?;
-        crate::crashpoint::hit("after-pending-event");
+        crate::base::crashpoint::hit("after-pending-event");
         let result = f(&mut ev, tl);
         ev.duration_ms = tl.elapsed_ms();
         ev.steps = tl.steps.clone();
@@ -229,12 +229,12 @@ impl App {
             let interrupted = e.chain().any(|c| {
                 matches!(c.downcast_ref::<crate::error::Error>(), Some(crate::error::Error::Interrupted { .. }))
             });
-            ev.outcome = match crate::exit::code_for(e) {
+            ev.outcome = match crate::base::exit::code_for(e) {
                 // Stopped by the daemon's shutdown at a safe point: the journal finishes it at the next start.
                 _ if interrupted => "interrupted",
-                crate::exit::ROLLED_BACK => "rolled-back",
-                crate::exit::ROLLBACK_FAILED => "rollback-failed",
-                crate::exit::BUSY => "busy",
+                crate::base::exit::ROLLED_BACK => "rolled-back",
+                crate::base::exit::ROLLBACK_FAILED => "rollback-failed",
+                crate::base::exit::BUSY => "busy",
                 _ => "failed",
             }
             .to_owned();
@@ -248,7 +248,7 @@ impl App {
             // The pending copy is only removed once the event is in history; left behind, the next command
             // records it (as interrupted) and checks that it is not there twice.
             Ok(()) => {
-                crate::crashpoint::hit("after-record");
+                crate::base::crashpoint::hit("after-record");
                 if let Err(e) = std::fs::remove_file(&pending) {
                     tracing::warn!("{}: cannot remove {}: {e}", self.name, pending.display());
                 }

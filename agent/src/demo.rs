@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::app::App;
+use crate::base::version::Version;
 use crate::config::Config;
-use crate::version::Version;
 
 #[derive(Debug, clap::Args)]
 pub struct ServiceArgs {
@@ -91,7 +91,7 @@ fn stop(pidfile: &Path) -> anyhow::Result<()> {
 /// Whether a process exists and is not a zombie (an exited service whose parent is gone may wait a while to be
 /// reaped, but it no longer holds its port).
 fn alive(pid: rustix::process::Pid) -> bool {
-    crate::command::proc_stat(pid.as_raw_nonzero().get()).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
+    crate::host::command::proc_stat(pid.as_raw_nonzero().get()).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
 }
 
 fn run_service(dir: &Path, port: u16) -> anyhow::Result<()> {
@@ -233,7 +233,7 @@ bake = "1s"
     let stamp = || format!("[{:>5.1}s]", t0.elapsed().as_secs_f64());
     for v in ["v1", "v2", "v3"] {
         writeln!(so, "{} switchback deploy demo --file {v}.tar.zst --version {v}", stamp())?;
-        let req = crate::deploy::DeployRequest {
+        let req = crate::engine::deploy::DeployRequest {
             archive: Some(dir.join(format!("{v}.tar.zst"))),
             expected: None,
             version: Version::parse(v)?,
@@ -241,12 +241,12 @@ bake = "1s"
             reason: Some("demo".into()),
             fetched: None,
         };
-        match crate::deploy::deploy(&app, &req, wait, true) {
+        match crate::engine::deploy::deploy(&app, &req, wait, true) {
             Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,
             Err(e) => {
-                let code = crate::exit::code_for(&e);
+                let code = crate::base::exit::code_for(&e);
                 writeln!(so, "{} => exit code {code}: {e:#}", stamp())?;
-                if code != crate::exit::ROLLED_BACK {
+                if code != crate::base::exit::ROLLED_BACK {
                     return Err(e);
                 }
             }
@@ -254,8 +254,14 @@ bake = "1s"
         writeln!(so, "         GET / -> {}\n", fetch(port, "/"))?;
     }
     writeln!(so, "{} switchback rollback demo --reason \"demo: back to the previous good release\"", stamp())?;
-    let out =
-        crate::rollback::rollback(&app, None, Some("demo: back to the previous good release"), false, wait, true)?;
+    let out = crate::engine::rollback::rollback(
+        &app,
+        None,
+        Some("demo: back to the previous good release"),
+        false,
+        wait,
+        true,
+    )?;
     writeln!(
         so,
         "{} => rolled back from {} to {} ({}); v2 is skipped because it is marked bad",
@@ -267,9 +273,9 @@ bake = "1s"
     writeln!(so, "         GET / -> {}\n", fetch(port, "/"))?;
 
     writeln!(so, "switchback status demo")?;
-    crate::status::print_human(&crate::status::app_status(&app)?, &mut so)?;
+    crate::engine::status::print_human(&crate::engine::status::app_status(&app)?, &mut so)?;
     writeln!(so, "\nswitchback history demo")?;
-    for e in crate::history::read(&app.history_path())? {
+    for e in crate::statedir::history::read(&app.history_path())? {
         let steps: Vec<String> = e.steps.iter().map(|s| format!("{} {}ms", s.step, s.ms)).collect();
         writeln!(
             so,

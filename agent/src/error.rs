@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::exit;
+use crate::base::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,7 +32,7 @@ pub enum Error {
     ArchiveRefused {
         archive: PathBuf,
         #[source]
-        source: Box<crate::unpack::UnpackError>,
+        source: Box<crate::store::unpack::UnpackError>,
     },
 
     #[error(
@@ -99,7 +99,11 @@ pub enum Error {
 
 impl Error {
     /// `version` is not among the releases `on_disk`; the message lists those that are.
-    pub fn not_on_disk(app: &str, version: &crate::version::Version, on_disk: &[crate::version::Version]) -> Error {
+    pub fn not_on_disk(
+        app: &str,
+        version: &crate::base::version::Version,
+        on_disk: &[crate::base::version::Version],
+    ) -> Error {
         let available = on_disk.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         Error::NotOnDisk {
             app: app.to_owned(),

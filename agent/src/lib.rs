@@ -1,44 +1,41 @@
 //! Switchback: a host-level atomic deployment agent. Releases are verified, unpacked into their own immutable
 //! directories, switched to with an atomic symlink rename, restarted, health-checked, and rolled back
 //! automatically when they fail. `main.rs` only parses arguments and prints errors; everything is here.
+//!
+//! # Map
+//!
+//! Each folder is one stage of the flow, with a `//!` saying what it owns and what it must never do.
+//! Dependencies point one way, down this table: a module uses only modules of its own row or of rows above it.
+//!
+//! | module | what it is | uses |
+//! |---|---|---|
+//! | [`base`] | versions, redaction, durable writes, trust checks, owners, crash points, progress, timeline, exit codes | nothing of ours |
+//! | [`store`] | the release store: unpack, staging, `current`, prune, the index of each release | base |
+//! | [`error`] | the typed errors and the one mapping of errors to exit codes | base, store |
+//! | [`config`] | the configuration file, parsed and validated once | base, store, error |
+//! | [`source`] | buckets, signed manifests, the artifact's one descriptor | base, error, config |
+//! | [`statedir`] | state (the intent journal), history, locks | base, error, source |
+//! | [`app`] | one managed app: its config, store and state paths, and the checks of what runs | all of the above |
+//! | [`host`] | commands, the service, health checks, hooks | base … app |
+//! | [`engine`] | deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
+//! | [`daemon`] | the systemd service: one worker per app follows its channel and inbox | base … engine |
+//! | [`publish`], [`demo`] | the CI side (keygen, publish) and the self-contained demo | base … engine |
+//! | [`cli`] | the command line: parse, dispatch, render | everything |
 
 pub mod cli;
 pub mod config;
 pub mod error;
-pub mod exit;
-pub mod unpack;
-pub mod version;
 
-mod activate;
 mod app;
-mod artifact;
-mod clear;
-mod command;
-mod crashpoint;
+mod base;
 mod daemon;
 mod demo;
-mod deploy;
-mod fsutil;
-mod health;
-mod history;
-mod hooks;
-mod index;
-mod integrity;
-mod lock;
-mod manifest;
-mod owner;
-mod pin;
-mod progress;
+mod engine;
+mod host;
 mod publish;
-mod pull;
-mod reconcile;
-mod redact;
-mod retention;
-mod rollback;
-mod service;
 mod source;
-mod state;
-mod status;
+mod statedir;
 mod store;
-mod timeline;
-mod trust;
+
+pub use base::{exit, version};
+pub use store::unpack;

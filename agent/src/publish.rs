@@ -14,11 +14,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::base::version::Version;
+use crate::engine::pull;
 use crate::error::Error;
-use crate::manifest::{self, Manifest};
-use crate::pull;
-use crate::source::{Fetched, Options, Source};
-use crate::version::Version;
+use crate::source::bucket::{Fetched, Options, Source};
+use crate::source::manifest::{self, Manifest};
 
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -68,7 +68,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         return Err(Error::Usage(format!(
             "--to `{}` is not a URL; give the bucket base with its scheme, e.g. s3://bucket/deploy, \
              https://host/deploy or file:///srv/bucket",
-            crate::redact::url(&req.base)
+            crate::base::redact::url(&req.base)
         ))
         .into());
     }
@@ -114,7 +114,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             _ => return Err(Error::Usage("give either a directory to pack or --file ARCHIVE".to_owned()).into()),
         };
         check_archive(&archive)?;
-        let (sha, size) = crate::deploy::sha256_file(&archive)?;
+        let (sha, size) = crate::engine::deploy::sha256_file(&archive)?;
         match existing {
             Some((old, _)) if old == sha => (sha, size, false),
             Some((old, _)) => {
@@ -189,11 +189,11 @@ fn check_archive(archive: &Path) -> anyhow::Result<()> {
     let limits = crate::config::Limits::default();
     // Agents judge links that leave the release by their own `outside_links`; publish uses the default, and a
     // release location of the usual shape (so links into ROOT/shared pass).
-    let links = crate::unpack::LinkPolicy {
+    let links = crate::store::unpack::LinkPolicy {
         location: Some(PathBuf::from("/srv/app/releases/check")),
         outside: crate::config::default_outside_links(),
     };
-    crate::unpack::unpack_tar_zst_with(
+    crate::store::unpack::unpack_tar_zst_with(
         std::io::BufReader::with_capacity(64 << 10, file),
         fd.as_fd(),
         &limits,
@@ -258,7 +258,7 @@ async fn hash_object(src: &Source, rel: &str) -> Result<Option<(String, u64)>, E
     match src.download_unverified(rel, &dir.path().join("a")).await? {
         None => Ok(None),
         Some(path) => {
-            let (sha, size) = crate::deploy::sha256_file(&path)
+            let (sha, size) = crate::engine::deploy::sha256_file(&path)
                 .map_err(|e| Error::Source { source_url: src.describe(rel), message: format!("{e:#}") })?;
             Ok(Some((sha, size)))
         }

@@ -1,0 +1,475 @@
+//! The command line: clap definitions and the dispatch to library operations. Output for people goes to stdout
+//! (progress to stderr); with `--json`, stdout carries one JSON document with a `schema` number.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::app::App;
+use crate::base::exit;
+use crate::base::version::Version;
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::statedir::history;
+
+/// Version of every `--json` document; bumped only on incompatible changes.
+pub const JSON_SCHEMA: u32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchback", version, about = "Atomic releases with health checks and automatic rollback", after_help = exit::help_text())]
+pub struct Cli {
+    /// Configuration file [default: /etc/switchback/switchback.toml]; before the command (as root, it must be
+    /// root's alone)
+    #[arg(long, env = "SWITCHBACK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document (versioned schema) on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to wait for an app's lock before giving up with exit code 5
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+    /// No progress lines on stderr
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: follow each app's channel and inbox, deploy what they name (systemd Type=notify)
+    Daemon,
+    /// Deploy VERSION now and wait for the outcome: from --file, from disk, or from the app's source
+    Deploy {
+        app: String,
+        /// The release archive (.tar.zst); without it the release must be on disk or named by the app's signed
+        /// channel manifest
+        #[arg(long, value_name = "ARCHIVE")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        version: String,
+        /// Deploy even a version marked bad, or while the app is pinned
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Switch to the last good (or the named) release, restart and check
+    Rollback {
+        app: String,
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Roll back to a version marked bad, or away from a pin
+        #[arg(long)]
+        force: bool,
+    },
+    /// Current, last good, health and in-flight work of one app or all
+    Status { app: Option<String> },
+    /// Releases on disk
+    Releases { app: String },
+    /// What happened to an app (history.jsonl)
+    History {
+        app: String,
+        /// Only the last N events
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Hold an app on a version (switching to it first, restarted and checked, if it runs another)
+    Pin {
+        app: String,
+        version: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Pin even a version marked bad
+        #[arg(long)]
+        force: bool,
+    },
+    /// Release a pin
+    Unpin { app: String },
+    /// Clear what only a person may clear: the degraded state (after a failed rollback), and bad marks
+    Clear {
+        app: String,
+        /// Also clear this version's bad mark (repeatable)
+        #[arg(long = "bad", value_name = "VERSION")]
+        bad: Vec<String>,
+        /// Clear every bad mark
+        #[arg(long, conflicts_with = "bad")]
+        all_bad: bool,
+        /// Why (recorded in history)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove old releases (never the current, last good or pinned one)
+    Prune {
+        app: String,
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+    /// Run the health checks against the current release now
+    Check { app: String },
+    /// Write a minisign key pair for signing manifests: PREFIX.key (no password, for CI) and PREFIX.pub
+    Keygen {
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Pack (or take) a release, upload it to BASE/APP/releases/, then sign and write the channel manifest
+    Publish(PublishArgs),
+    /// Configuration commands
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// A self-contained walkthrough in a temporary directory: deploy, a failed health check, automatic rollback
+    Demo {
+        /// Keep the temporary directory for inspection
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's tiny HTTP service (used by `demo` and the tests)
+    #[command(hide = true)]
+    DemoService(crate::demo::ServiceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// The bucket base, e.g. s3://bucket/deploy (the app's files go under BASE/APP/)
+    #[arg(long, value_name = "BASE")]
+    to: String,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    channel: String,
+    #[arg(long)]
+    version: String,
+    /// The secret key written by `switchback keygen`
+    #[arg(long, value_name = "PREFIX.key")]
+    key: PathBuf,
+    /// The directory to pack into a deterministic .tar.zst
+    #[arg(value_name = "DIR", conflicts_with_all = ["file", "promote_only"])]
+    dir: Option<PathBuf>,
+    /// An archive to upload as it is
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "promote_only")]
+    file: Option<PathBuf>,
+    /// Point the channel at a version uploaded before (promotion, or a deliberate rollback)
+    #[arg(long)]
+    promote_only: bool,
+    /// How long the manifest stays valid
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    expires_in: Duration,
+    /// Endpoint of an S3-compatible or Azure blob service (as the app's `endpoint`)
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Allow a plain-http endpoint
+    #[arg(long)]
+    allow_http: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print what is wrong
+    Check,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    Config::load(&config_path(cli))
+}
+
+fn version(s: &str) -> Result<Version, Error> {
+    Version::parse(s)
+}
+
+/// Prints `value` as a JSON document with the schema number added.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut so = std::io::stdout();
+    let mut v = serde_json::to_value(value).context("serializing output")?;
+    if let serde_json::Value::Object(map) = &mut v {
+        map.insert("schema".to_owned(), JSON_SCHEMA.into());
+    }
+    writeln!(so, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
+
+/// Whether `e` is stdout closed under us (`status | head`): not a failure of the command, nothing to report.
+pub fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().count() == 1
+        && e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Runs a parsed command; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let mut so = std::io::stdout();
+    let print = !cli.quiet
+        && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
+    let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
+    match &cli.command {
+        Command::Daemon => return crate::daemon::run(&config_path(&cli)),
+        Command::Keygen { out } => {
+            let pk = crate::source::manifest::keygen(out)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "public_key": pk, "prefix": out }))?;
+            } else {
+                writeln!(so, "wrote {0}.key (secret, no password) and {0}.pub", out.display())?;
+                writeln!(so, "trusted_keys = [\"{pk}\"]")?;
+            }
+        }
+        Command::Publish(a) => {
+            let out = crate::publish::publish(&crate::publish::PublishRequest {
+                base: a.to.clone(),
+                app: a.app.clone(),
+                channel: a.channel.clone(),
+                version: version(&a.version)?,
+                key: a.key.clone(),
+                dir: a.dir.clone(),
+                file: a.file.clone(),
+                promote_only: a.promote_only,
+                expires_in: a.expires_in,
+                options: crate::source::bucket::Options {
+                    endpoint: a.endpoint.clone(),
+                    region: a.region.clone(),
+                    allow_http: a.allow_http,
+                    download: Default::default(),
+                },
+            })?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                writeln!(
+                    so,
+                    "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{})",
+                    out.app,
+                    out.channel,
+                    out.version,
+                    out.sequence,
+                    out.sha256,
+                    out.size,
+                    if out.uploaded { ", uploaded" } else { ", already uploaded" }
+                )?;
+            }
+        }
+        Command::Deploy { app: name, file, version: v, force, reason } => {
+            let app = app(name)?;
+            let v = version(v)?;
+            let out = match file {
+                Some(file) => crate::engine::deploy::deploy(
+                    &app,
+                    &crate::engine::deploy::DeployRequest {
+                        archive: Some(file.clone()),
+                        expected: None,
+                        version: v,
+                        force: *force,
+                        reason: reason.clone(),
+                        fetched: None,
+                    },
+                    cli.wait,
+                    print,
+                )?,
+                None => crate::engine::pull::deploy_version(&app, &v, *force, reason.clone(), cli.wait, print)?,
+            };
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                writeln!(
+                    so,
+                    "{}: {} {} ({})",
+                    out.app,
+                    out.version,
+                    out.outcome,
+                    if out.health.is_empty() { "already current" } else { &out.health }
+                )?;
+            }
+        }
+        Command::Rollback { app: name, to, reason, force } => {
+            let to = to.as_deref().map(version).transpose()?;
+            let app = app(name)?;
+            let out = crate::engine::rollback::rollback(&app, to.as_ref(), reason.as_deref(), *force, cli.wait, print)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                writeln!(so, "{}: rolled back from {} to {} ({})", out.app, out.from, out.to, out.health)?;
+            }
+        }
+        Command::Status { app: name } => {
+            let config = load_config(&cli)?;
+            let names: Vec<String> = match name {
+                Some(n) => {
+                    config.app(n)?;
+                    vec![n.clone()]
+                }
+                None => config.apps.keys().cloned().collect(),
+            };
+            let mut all = Vec::new();
+            for n in names {
+                all.push(crate::engine::status::app_status(&App::from_config(&config, &n)?)?);
+            }
+            if cli.json {
+                print_json(&serde_json::json!({ "apps": all }))?;
+            } else {
+                for s in &all {
+                    crate::engine::status::print_human(s, &mut so)?;
+                }
+            }
+        }
+        Command::Releases { app: name } => {
+            let s = crate::engine::status::app_status(&app(name)?)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "app": s.app, "releases": s.releases }))?;
+            } else {
+                crate::engine::status::print_releases(&s, &mut so)?;
+            }
+        }
+        Command::History { app: name, limit } => {
+            let app = app(name)?;
+            let mut events = history::read(&app.history_path())?;
+            if let Some(n) = limit {
+                events.drain(..events.len().saturating_sub(*n));
+            }
+            if cli.json {
+                print_json(&serde_json::json!({ "app": app.name, "events": events }))?;
+            } else {
+                for e in &events {
+                    let v = match (&e.previous, &e.version) {
+                        (Some(p), Some(v)) => format!("{p} -> {v}"),
+                        (None, Some(v)) => v.clone(),
+                        (Some(p), None) => p.clone(),
+                        (None, None) => String::new(),
+                    };
+                    writeln!(
+                        so,
+                        "{}  {:<8} {:<16} {:<15} {:>6}ms  {}  {}",
+                        e.time,
+                        e.op,
+                        v,
+                        e.outcome,
+                        e.duration_ms,
+                        e.who.describe(),
+                        e.reason.as_deref().unwrap_or("")
+                    )?;
+                }
+            }
+        }
+        Command::Pin { app: name, version: v, reason, force } => {
+            let v = version(v)?;
+            let out = crate::engine::pin::pin(&app(name)?, &v, reason.as_deref(), *force, cli.wait)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                match &out.switched_from {
+                    Some(from) => writeln!(
+                        so,
+                        "{name}: switched from {from} to {v} ({}) and pinned it",
+                        out.health.as_deref().unwrap_or("")
+                    )?,
+                    None => writeln!(so, "{name}: pinned to {v}")?,
+                }
+            }
+        }
+        Command::Clear { app: name, bad, all_bad, reason } => {
+            let bad = bad.iter().map(|v| version(v)).collect::<Result<Vec<_>, _>>()?;
+            let out = crate::engine::clear::clear(&app(name)?, &bad, *all_bad, reason.as_deref(), cli.wait)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                let mut parts = Vec::new();
+                if let Some(d) = &out.degraded {
+                    parts.push(format!("no longer degraded (was: {d})"));
+                }
+                if !out.bad.is_empty() {
+                    parts.push(format!("no longer marked bad: {}", out.bad.join(", ")));
+                }
+                writeln!(
+                    so,
+                    "{name}: {}",
+                    if parts.is_empty() { "nothing to clear".to_owned() } else { parts.join("; ") }
+                )?;
+            }
+        }
+        Command::Unpin { app: name } => {
+            let old = crate::engine::pin::unpin(&app(name)?, cli.wait)?;
+            if cli.json {
+                print_json(&serde_json::json!({ "app": name, "unpinned": old }))?;
+            } else {
+                writeln!(so, "{name}: {}", old.map_or("was not pinned".to_owned(), |v| format!("unpinned (was {v})")))?;
+            }
+        }
+        Command::Prune { app: name, keep } => {
+            if *keep == Some(0) {
+                return Err(Error::Usage("--keep must be at least 1".into()).into());
+            }
+            let out = crate::engine::retention::prune(&app(name)?, *keep, cli.wait, print)?;
+            if cli.json {
+                print_json(&out)?;
+            } else {
+                writeln!(
+                    so,
+                    "{}: removed {}; kept {}",
+                    out.app,
+                    if out.removed.is_empty() { "nothing".into() } else { out.removed.join(", ") },
+                    out.kept.join(", ")
+                )?;
+            }
+        }
+        Command::Check { app: name } => {
+            let app = app(name)?;
+            let results = crate::engine::status::check_now(&app)?;
+            let failed = results.iter().find(|r| !r.ok).map(|bad| Error::CheckFailed {
+                app: app.name.clone(),
+                reason: format!("{}: {}", bad.check, bad.detail),
+            });
+            if cli.json {
+                // One document, failed or not: the results, and the error with its exit code when one failed.
+                let mut doc =
+                    serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results });
+                doc["healthy"] = failed.is_none().into();
+                if let Some(e) = &failed {
+                    doc["error"] = e.to_string().into();
+                    doc["exit_code"] = e.exit_code().into();
+                }
+                print_json(&doc)?;
+            } else {
+                if results.is_empty() {
+                    writeln!(so, "{}: no health checks configured (unchecked)", app.name)?;
+                }
+                for r in &results {
+                    writeln!(so, "{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail)?;
+                }
+            }
+            if let Some(e) = failed {
+                crate::base::progress::note!("error: {e}");
+                return Ok(e.exit_code());
+            }
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            let path = config_path(&cli);
+            let config = Config::load(&path)?;
+            if cli.json {
+                print_json(
+                    &serde_json::json!({ "config": path, "valid": true, "apps": config.apps.keys().collect::<Vec<_>>() }),
+                )?;
+            } else {
+                writeln!(
+                    so,
+                    "{}: ok ({} app(s): {})",
+                    path.display(),
+                    config.apps.len(),
+                    config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
+                )?;
+            }
+        }
+        Command::Demo { keep } => crate::demo::run(*keep)?,
+        Command::DemoService(args) => crate::demo::serve(args)?,
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,233 @@
+//! Going live and proving it: switch `current`, restart the service, run `after_activate`, apply the health
+//! policy. And the way back when that fails: mark the release bad, switch to the last good release, restart and
+//! verify again, once (never flip back and forth). The intent is journaled in the state before each step.
+
+use crate::app::App;
+use crate::base::crashpoint;
+use crate::base::fsutil;
+use crate::base::timeline::Timeline;
+use crate::base::version::Version;
+use crate::error::Error;
+use crate::host::health;
+use crate::host::hooks::{self, Hook};
+use crate::host::service;
+use crate::statedir::history::Event;
+use crate::statedir::state::{AppState, HealthSummary, Op, Step};
+
+/// Switches to `target`, restarts and verifies. The outer error is an I/O failure of our own; the inner result is
+/// the verdict (`Err` carries the reason the release is not healthy).
+pub fn go_live(
+    app: &App,
+    state: &mut AppState,
+    target: &Version,
+    previous: Option<&Version>,
+    op: Op,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Result<String, String>> {
+    // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
+    let point = |deploy: &'static str, rollback: &'static str| if op == Op::Deploy { deploy } else { rollback };
+    // Nothing changes before the release is known to be the one that was verified (Error::NotVerified).
+    let checked = crate::store::verify::check_release(app, target)?;
+    tracing::debug!(
+        "{}: {target} matches its index ({} entries, {} hashed)",
+        app.name,
+        checked.entries,
+        checked.hashed
+    );
+    state.begin(op, target, previous.cloned(), Step::Switching);
+    app.save_state(state)?;
+    crashpoint::hit(point("before-switch", "rollback-before-switch"));
+    tl.step("switch", || app.store.switch(target).map(|()| ((), Some(format!("current -> releases/{target}")))))?;
+    crashpoint::hit(point("after-switch", "rollback-after-switch"));
+    state.step(Step::Checking);
+    if let Err(e) = app.save_state(state) {
+        // The journal cannot record that `target` is live (a full or failing state disk). Nothing was restarted
+        // yet, so a deploy goes back to where it was: the command then fails with nothing changed, as its exit code
+        // says, and the journal's last word (switching, not live) makes the next command clear it. Without this,
+        // exit 1 ("nothing changed") left `current` on the new release while the service ran the old one. A
+        // rollback stays where it is: its journal says to finish it.
+        if let (Op::Deploy, Some(prev)) = (op, previous) {
+            match app.store.switch(prev) {
+                Ok(()) => {
+                    return Err(e.context(format!(
+                        "cannot journal the switch to {target}, so `current` was switched back to {prev} (nothing was \
+                         restarted)"
+                    )))
+                }
+                Err(back) => tracing::error!("{}: cannot switch back to {prev}: {back:#}", app.name),
+            }
+        }
+        return Err(e);
+    }
+    crashpoint::hit(point("after-state-write", "rollback-after-state-write"));
+
+    let release_dir = app.store.release_dir(target);
+    let (v, prev) = (target.as_str(), previous.map(Version::as_str));
+    let restarted = match tl.step("restart", || {
+        service::restart(app, v, prev, &release_dir).map(|r| {
+            let d = r.detail.clone();
+            (r, Some(d))
+        })
+    }) {
+        Ok(r) => r,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    crashpoint::hit(point("after-restart", "rollback-after-restart"));
+    if op == Op::Deploy {
+        if let Err(reason) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
+            return Ok(Err(reason));
+        }
+    }
+    let verdict = tl.step("checks", || {
+        health::verify(app, v, &release_dir, &restarted, op == Op::Deploy).map(|verdict| {
+            let detail = match &verdict {
+                Ok(s) | Err(s) => s.clone(),
+            };
+            (verdict, Some(detail))
+        })
+    })?;
+    state.last_health = Some(HealthSummary {
+        at: fsutil::now_rfc3339(),
+        version: Some(target.clone()),
+        healthy: verdict.is_ok(),
+        detail: match &verdict {
+            Ok(s) | Err(s) => s.clone(),
+        },
+    });
+    Ok(verdict)
+}
+
+/// After `failed` did not prove healthy: mark it bad, return to the last good release and verify that. Returns
+/// the error the command reports: [`Error::RolledBack`] (exit 3) or [`Error::RollbackFailed`] (exit 4).
+///
+/// An operator's cancel request never interrupts this: the way back is what a cancel asks for.
+pub fn fall_back(
+    app: &App,
+    state: &mut AppState,
+    failed: &Version,
+    reason: &str,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Error> {
+    crate::base::progress::uncancellable(|| fall_back_now(app, state, failed, reason, tl, ev))
+}
+
+fn fall_back_now(
+    app: &App,
+    state: &mut AppState,
+    failed: &Version,
+    reason: &str,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Error> {
+    state.mark_bad(failed, reason);
+    let on_disk = app.store.on_disk()?;
+    let mut refused = Vec::new();
+    let (target, verdict) = loop {
+        let Some(target) = state.rollback_target(Some(failed), &on_disk) else {
+            let why = format!(
+                "{failed} failed ({reason}) and there is no earlier good release to return to{}; {failed} stays active",
+                refused.iter().map(|r| format!(" ({r})")).collect::<String>()
+            );
+            state.in_flight = None;
+            state.current = app.store.current()?;
+            state.degraded = Some(why.clone());
+            app.save_state(state)?;
+            return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
+        };
+        tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
+        match go_live(app, state, &target, Some(failed), Op::Rollback, tl, ev) {
+            Ok(verdict) => break (target, verdict),
+            // A release that is not what was verified is never run: marked bad, and the next good one is tried.
+            Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::NotVerified { .. })) => {
+                tracing::error!("{}: {e}", app.name);
+                state.mark_bad(&target, &format!("{e}"));
+                refused.push(format!("{e}"));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    match verdict {
+        Ok(_) => {
+            state.commit(&target);
+            app.save_state(state)?;
+            crashpoint::hit("rollback-after-commit");
+            after_rollback(app, &target, failed, ev);
+            Ok(Error::RolledBack {
+                app: app.name.clone(),
+                version: failed.to_string(),
+                restored: target.to_string(),
+                reason: reason.to_owned(),
+            })
+        }
+        Err(second) => Ok(degrade(app, state, &target, &second)?),
+    }
+}
+
+/// An operator's switch from `from` (current, and healthy as far as anyone knows) to `target` (a rollback, a
+/// pin): go live and prove it. If `target` is not healthy, only `target` is marked bad and the app goes back to
+/// `from` (switched, restarted and verified again), where it started: [`Error::SwitchFailed`] (exit 3). Only
+/// when `from` fails too does the app need a person ([`Error::RollbackFailed`], exit 4).
+pub fn switch_to(
+    app: &App,
+    state: &mut AppState,
+    target: &Version,
+    from: &Version,
+    tl: &mut Timeline,
+    ev: &mut Event,
+) -> anyhow::Result<Result<String, Error>> {
+    match go_live(app, state, target, Some(from), Op::Rollback, tl, ev)? {
+        Ok(health) => {
+            state.bad.remove(target);
+            state.commit(target);
+            app.save_state(state)?;
+            crashpoint::hit("rollback-after-commit");
+            Ok(Ok(health))
+        }
+        Err(reason) => crate::base::progress::uncancellable(|| {
+            state.mark_bad(target, &reason);
+            // What would have marked the release left behind is dropped: the app goes back to it.
+            state.mark_on_commit = None;
+            tl.note(&format!("{target} is not healthy ({reason}); going back to {from}"));
+            match go_live(app, state, from, Some(target), Op::Rollback, tl, ev)? {
+                Ok(_) => {
+                    state.commit(from);
+                    app.save_state(state)?;
+                    crashpoint::hit("rollback-after-commit");
+                    Ok(Err(Error::SwitchFailed {
+                        app: app.name.clone(),
+                        target: target.to_string(),
+                        restored: from.to_string(),
+                        reason,
+                    }))
+                }
+                Err(second) => Ok(Err(degrade(app, state, from, &second)?)),
+            }
+        }),
+    }
+}
+
+/// A rollback's own checks failed: stay where we are (no flip-flop), say so loudly.
+pub fn degrade(app: &App, state: &mut AppState, at: &Version, reason: &str) -> anyhow::Result<Error> {
+    let why = format!("the rollback to {at} switched and restarted, but {at} is not healthy either: {reason}");
+    state.in_flight = None;
+    state.mark_on_commit = None;
+    state.current = Some(at.clone());
+    state.degraded = Some(why.clone());
+    app.save_state(state)?;
+    tracing::error!("{}: {why}", app.name);
+    Ok(Error::RollbackFailed { app: app.name.clone(), reason: why })
+}
+
+pub fn after_rollback(app: &App, restored: &Version, from: &Version, ev: &mut Event) {
+    let dir = app.store.release_dir(restored);
+    match hooks::run(app, Hook::AfterRollback, restored.as_str(), Some(from.as_str()), &dir) {
+        Ok(Some(run)) => ev.output.extend(run.tail),
+        Ok(None) => {}
+        Err((reason, tail)) => {
+            tracing::warn!("{}: {reason}", app.name);
+            ev.output.extend(tail);
+        }
+    }
+}

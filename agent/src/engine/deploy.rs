@@ -1,0 +1,361 @@
+//! `deploy APP --file ARCHIVE --version V`: verify the artifact, unpack it into staging, rename it into
+//! `releases/V`, run `before_activate`, then go live and prove it (see [`crate::engine::activate`]). A failure before the
+//! switch changes nothing visible; a failure after it rolls back automatically.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::base::crashpoint;
+use crate::base::timeline::Timeline;
+use crate::base::version::Version;
+use crate::engine::activate;
+use crate::engine::reconcile;
+use crate::engine::retention;
+use crate::error::Error;
+use crate::host::hooks::{self, Hook};
+use crate::source::artifact::Artifact;
+use crate::statedir::history::Timing;
+use crate::statedir::state::{Op, Step};
+use crate::store::unpack;
+
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// The archive; `None` deploys a release already on disk (no network, no unpack).
+    pub archive: Option<PathBuf>,
+    /// What a signed manifest promised for this version's artifact, if one did.
+    pub expected: Option<Promise>,
+    pub version: Version,
+    pub force: bool,
+    pub reason: Option<String>,
+    /// The download that brought the archive, if one did (a step of the deploy, and part of its duration).
+    pub fetched: Option<Fetched>,
+}
+
+/// A download done for a deploy: its step, and the bytes that came over the network.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub timing: Timing,
+    pub bytes: u64,
+}
+
+/// The sha256 and size a signed manifest gives for an artifact.
+#[derive(Debug, Clone)]
+pub struct Promise {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployOutcome {
+    pub app: String,
+    pub version: String,
+    pub previous: Option<String>,
+    /// "deployed" or "unchanged" (the version was already current).
+    pub outcome: &'static str,
+    pub health: String,
+    pub pruned: Vec<String>,
+    /// Bytes downloaded for this deploy (0: the archive was given, on disk, or dropped in the inbox).
+    pub downloaded: u64,
+    pub steps: Vec<Timing>,
+}
+
+pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> anyhow::Result<DeployOutcome> {
+    let mut tl = match &req.fetched {
+        Some(f) => Timeline::after(print, f.timing.clone()),
+        None => Timeline::new(print),
+    };
+    let _lock = app.lock_preempting(wait, "deploy", Some(&req.version))?;
+    let mut state = reconcile::reconcile(app, &mut tl)?;
+    let mut ev = app.event("deploy");
+    ev.version = Some(req.version.to_string());
+    ev.reason = req.reason.clone();
+    let previous = app.store.current()?;
+    ev.previous = previous.as_ref().map(ToString::to_string);
+    tl.note(&format!(
+        "deploying {} {} (from {})",
+        app.name,
+        req.version,
+        previous.as_ref().map_or("nothing".to_owned(), ToString::to_string)
+    ));
+    let mut outcome = app.recorded(ev, &mut tl, |ev, tl| {
+        let v = &req.version;
+        if let Some(bad) = state.bad.get(v) {
+            if !req.force {
+                return Err(Error::MarkedBad {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    reason: bad.reason.clone(),
+                }
+                .into());
+            }
+        }
+        if let Some(pin) = &state.pin {
+            if &pin.version != v && !req.force {
+                return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
+            }
+        }
+        let on_disk = app.store.on_disk()?;
+        // The artifact is opened once, here: hashed, checked and unpacked from that one descriptor.
+        let mut artifact = match &req.archive {
+            Some(path) => Some(tl.step("verify", || {
+                let max = req.expected.as_ref().map(|p| p.size);
+                crate::source::artifact::Artifact::open(path, &crate::engine::pull::downloads_dir(app), max).map(|a| {
+                    let d = format!("sha256 {}", &a.sha256[..16]);
+                    (a, Some(d))
+                })
+            })?),
+            None => None,
+        };
+        let (sha, size) = match &artifact {
+            Some(a) => (a.sha256.clone(), a.size),
+            None => match state.releases.get(v) {
+                Some(rec) if on_disk.contains(v) => (rec.sha256.clone(), rec.size),
+                _ => return Err(Error::not_on_disk(&app.name, v, &on_disk).into()),
+            },
+        };
+        if let Some(want) = &req.expected {
+            if want.sha256 != sha || (artifact.is_some() && want.size != size) {
+                return Err(Error::ArtifactMismatch {
+                    artifact: req.archive.as_ref().map_or(format!("release {v} on disk"), |a| a.display().to_string()),
+                    reason: format!(
+                        "sha256 is {sha} ({size} bytes), the manifest says {} ({} bytes)",
+                        want.sha256, want.size
+                    ),
+                }
+                .into());
+            }
+        }
+        match state.releases.get(v) {
+            Some(rec) if rec.sha256 != sha => {
+                return Err(Error::VersionConflict {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    recorded: rec.sha256.clone(),
+                    actual: sha,
+                }
+                .into())
+            }
+            None if on_disk.contains(v) => {
+                return Err(Error::VersionConflict {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    recorded: "unknown (not recorded)".to_owned(),
+                    actual: sha,
+                }
+                .into())
+            }
+            _ => {}
+        }
+        // A degraded app redeployed on its current version is restarted and verified again (that is how a person
+        // proves it healthy); otherwise there is nothing to do.
+        if previous.as_ref() == Some(v)
+            && state.in_flight.is_none()
+            && !state.bad.contains_key(v)
+            && state.degraded.is_none()
+        {
+            tl.note(&format!("{v} is already current; nothing to do"));
+            return Ok(DeployOutcome {
+                app: app.name.clone(),
+                version: v.to_string(),
+                previous: previous.as_ref().map(ToString::to_string),
+                outcome: "unchanged",
+                health: String::new(),
+                pruned: vec![],
+                downloaded: 0,
+                steps: vec![],
+            });
+        }
+        if !on_disk.contains(v) {
+            let archive = artifact.as_mut().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
+            stage_release(app, &mut state, archive, v, previous.as_ref(), tl)?;
+        }
+        drop(artifact);
+        if let Some(crate::base::progress::Interrupt::Cancel(why)) = crate::base::progress::interrupted() {
+            anyhow::bail!("cancelled before the switch by an operator's request ({why}); nothing was activated");
+        }
+        let release_dir = app.store.release_dir(v);
+        let prev = previous.as_ref().map(Version::as_str);
+        if let Err(reason) = hooks::run_in(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir, tl, ev) {
+            state.in_flight = None;
+            app.save_state(&state)?;
+            anyhow::bail!("{reason}; nothing was activated");
+        }
+        match activate::go_live(app, &mut state, v, previous.as_ref(), Op::Deploy, tl, ev)? {
+            Ok(health) => {
+                state.bad.remove(v);
+                state.commit(v);
+                app.save_state(&state)?;
+                crashpoint::hit("after-commit");
+                let pruned = retention::prune_after_deploy(app, &mut state)?;
+                ev.removed = pruned.clone();
+                Ok(DeployOutcome {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    previous: previous.as_ref().map(ToString::to_string),
+                    outcome: "deployed",
+                    health,
+                    pruned,
+                    downloaded: req.fetched.as_ref().map_or(0, |f| f.bytes),
+                    steps: vec![],
+                })
+            }
+            Err(reason) => Err(activate::fall_back(app, &mut state, v, &reason, tl, ev)?.into()),
+        }
+    })?;
+    retention::record_prune_after_deploy(app, &outcome.version, &outcome.pruned)?;
+    outcome.steps = tl.steps;
+    Ok(outcome)
+}
+
+/// Unpacks the archive into a staging directory and renames it to `releases/V`. On any error the staging
+/// directory is removed and the journal cleared: nothing visible changed.
+fn stage_release(
+    app: &App,
+    state: &mut crate::statedir::state::AppState,
+    artifact: &mut Artifact,
+    v: &Version,
+    previous: Option<&Version>,
+    tl: &mut Timeline,
+) -> anyhow::Result<()> {
+    preflight_space(app, artifact)?;
+    // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
+    // reconcile drops records of releases that never made it to disk.
+    state.record_release(v, &artifact.sha256, artifact.size);
+    state.begin(Op::Deploy, v, previous.cloned(), Step::Unpacking);
+    app.save_state(state)?;
+    let archive = artifact.shown.clone();
+    let result = (|| -> anyhow::Result<()> {
+        let staging = app.store.stage(v)?;
+        let file = artifact.reader()?;
+        let print = tl.prints();
+        let report = tl.step("unpack", || {
+            crate::base::progress::long_work(format!("deploying {v}"), print, || {
+                unpack::unpack_tar_zst_with(
+                    std::io::BufReader::with_capacity(64 << 10, file),
+                    staging.fd(),
+                    &app.cfg.limits,
+                    app.store.read_group(),
+                    &unpack::LinkPolicy {
+                        location: Some(app.store.release_dir(v)),
+                        outside: app.cfg.outside_links.clone(),
+                    },
+                )
+            })
+            .map_err(|source| unpack_failed(app, &archive, &staging, source))
+            .map(|r| {
+                let d = format!(
+                    "{} files, {} dirs, {} links, {}",
+                    r.files,
+                    r.dirs,
+                    r.symlinks + r.hardlinks,
+                    bytesize::ByteSize(r.bytes).display().iec()
+                );
+                (r, Some(d))
+            })
+        })?;
+        crashpoint::hit("after-unpack");
+        // The shared links are part of the release: made before the sync, so that they are as durable as the
+        // unpacked files when the rename publishes the release (they used to be made after it).
+        staging.link_shared(&app.store, &app.cfg.shared)?;
+        // The index describes the finished release (shared links included): what every later check compares with.
+        let index = crate::store::index::path(&app.state_dir, v.as_str());
+        crate::store::index::write(staging.fd(), staging.path(), v.as_str(), &report.hashes, &index, app.read_group)?;
+        tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
+        crashpoint::hit("after-staging-durable");
+        staging.commit(&app.store, v)?;
+        crate::store::verify::unpacked_now(app, v);
+        crashpoint::hit("after-release-rename");
+        tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        state.releases.remove(v);
+        state.in_flight = None;
+        app.save_state(state)?;
+        return Err(e);
+    }
+    state.step(Step::Released);
+    app.save_state(state)
+}
+
+/// An unpack that failed, by its consequence. Only a refusal of the archive itself is [`Error::ArchiveRefused`]
+/// (the daemon never fetches that artifact again until the channel moves on). A write that failed (a full disk or
+/// quota, a read-only or failing filesystem, a chown the filesystem refuses) is a fault of this host, reported
+/// as what it is, naming where, and tried again later: a passing disk fault must not block a good release for
+/// good. A stop (the daemon's shutdown, an operator's cancel) is neither.
+fn unpack_failed(
+    app: &App,
+    archive: &Path,
+    staging: &crate::store::layout::Staging,
+    source: unpack::UnpackError,
+) -> anyhow::Error {
+    match source.reason {
+        unpack::Refusal::Write => {
+            let where_ = staging.path().display().to_string();
+            let what = if source.source.as_ref().and_then(std::io::Error::raw_os_error).is_some_and(|e| {
+                e == rustix::io::Errno::NOSPC.raw_os_error() || e == rustix::io::Errno::DQUOT.raw_os_error()
+            }) {
+                "the filesystem is full"
+            } else {
+                "this host's filesystem failed (not the archive: it will be tried again)"
+            };
+            anyhow::Error::new(source).context(format!("unpacking {} into {where_}: {what}", archive.display()))
+        }
+        unpack::Refusal::Stopped => match crate::base::progress::interrupted() {
+            Some(crate::base::progress::Interrupt::Cancel(why)) => anyhow::Error::new(source)
+                .context(format!("cancelled while unpacking by an operator's request ({why}); nothing was activated")),
+            _ => Error::Interrupted { app: app.name.clone(), step: "the unpack".to_owned() }.into(),
+        },
+        _ => Error::ArchiveRefused { archive: archive.to_owned(), source: Box::new(source) }.into(),
+    }
+}
+
+/// Refuses early when the filesystem cannot hold the release plus the configured reserve. The unpacked size is
+/// the zstd frame's declared content size when the archive has one, else the archive size (a lower bound).
+fn preflight_space(app: &App, artifact: &Artifact) -> anyhow::Result<()> {
+    let head = artifact.head(18);
+    let declared = zstd::zstd_safe::get_frame_content_size(&head).ok().flatten();
+    let estimate = declared.unwrap_or(artifact.size).min(app.cfg.limits.max_unpacked);
+    let needed = estimate.saturating_add(app.cfg.limits.reserve);
+    let available = app.store.free_space()?;
+    if available < needed {
+        return Err(Error::NoSpace {
+            path: app.store.root().to_owned(),
+            available: bytesize::ByteSize(available).display().iec().to_string(),
+            needed: bytesize::ByteSize(needed).display().iec().to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The sha256 (hex) and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
+    let (hasher, total) = sha256_prefix(path, u64::MAX).with_context(|| format!("reading {}", path.display()))?;
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+/// Hashes the first bytes of `path` (at most `limit`), streamed; returns the hasher (to go on with) and how many
+/// bytes it saw.
+pub fn sha256_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
+    let mut f = File::open(path)?.take(limit);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hasher, total));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        crate::base::progress::beat();
+    }
+}

@@ -1,0 +1,288 @@
+//! From a signed manifest to a deploy: fetch the channel manifest (conditionally), accept it under the app's lock
+//! (signature, app, channel, sequence, expiry; the accepted sequence is saved durably), fetch the artifact and
+//! hand it to the ordinary deploy path. Used by the daemon's workers and by `deploy APP --version V`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::app::App;
+use crate::error::Error;
+use crate::source::bucket::{Fetched, Source};
+use crate::source::manifest::{self, Accepted, Verdict};
+
+/// What one poll of the channel found.
+#[derive(Debug)]
+pub enum Polled {
+    /// 304: nothing changed since the last ETag.
+    Unchanged,
+    /// No manifest published for the channel.
+    Missing,
+    /// A manifest was fetched and verified: a new one was accepted, or it was the one already accepted.
+    Accepted { version: String, new: bool },
+    /// A manifest was fetched and refused.
+    Refused { reason: String },
+}
+
+pub fn channel_key(channel: &str) -> String {
+    format!("channels/{channel}.json")
+}
+
+/// The URL of the app's channel manifest, redacted (for status and messages).
+pub fn channel_url(app: &App) -> String {
+    let base = app.cfg.source.as_deref().unwrap_or("").trim_end_matches('/');
+    crate::base::redact::url(&format!("{base}/{}", channel_key(&app.cfg.channel)))
+}
+
+/// Fetches the channel manifest unless its ETag is `etag`; accepts it under the lock. `etag` is updated to what
+/// should be sent next time (left alone when the verdict is worth fetching again).
+pub async fn poll_channel(app: &App, src: &Source, etag: &mut Option<String>) -> Result<Polled, Error> {
+    let key = channel_key(&app.cfg.channel);
+    let (bytes, new_etag) = match src.fetch_small(&key, etag.as_deref()).await? {
+        Fetched::NotModified => return Ok(Polled::Unchanged),
+        Fetched::Missing => {
+            *etag = None;
+            return Ok(Polled::Missing);
+        }
+        Fetched::Body { bytes, etag } => (bytes, etag),
+    };
+    let sig = match src.fetch_small(&format!("{key}.minisig"), None).await? {
+        Fetched::Body { bytes, .. } => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => return Ok(Polled::Refused { reason: format!("{} has no signature", src.describe(&key)) }),
+    };
+    let from = src.describe(&key);
+    let app2 = app.clone();
+    let verdict =
+        tokio::task::spawn_blocking(move || accept_under_lock(&app2, &bytes, &sig, &from)).await.map_err(|e| {
+            Error::Source { source_url: src.describe(&key), message: format!("accepting the manifest: {e}") }
+        })?;
+    match verdict {
+        Ok(polled) => {
+            *etag = new_etag;
+            Ok(polled)
+        }
+        Err(AcceptError::Refused(r)) => {
+            if !r.retry {
+                *etag = new_etag;
+            }
+            Ok(Polled::Refused { reason: r.reason })
+        }
+        Err(AcceptError::Other(e)) => Err(Error::Source { source_url: src.describe(&key), message: format!("{e:#}") }),
+    }
+}
+
+#[derive(Debug)]
+pub enum AcceptError {
+    Refused(manifest::Refused),
+    /// Lock busy, state unreadable: try again later.
+    Other(anyhow::Error),
+}
+
+/// Verifies a manifest and, when it is new, saves it as the app's accepted manifest (under the app's lock, so the
+/// sequence check and the write are one step). Refusals are logged with their reason.
+pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Result<Polled, AcceptError> {
+    let keys = manifest::parse_keys(&app.cfg.trusted_keys)
+        .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e, retry: false }))?;
+    // The signature is checked before anything else is believed, and before the lock is taken.
+    if let Err(r) = manifest::verify_signature(bytes, sig, &keys) {
+        tracing::warn!("{}: refused manifest {from}: {}", app.name, r.reason);
+        return Err(AcceptError::Refused(r));
+    }
+    let _lock = app.lock(Duration::from_secs(2), "accept a manifest").map_err(AcceptError::Other)?;
+    let mut state = app.load_state().map_err(AcceptError::Other)?;
+    let now = SystemTime::now();
+    match manifest::check(
+        bytes,
+        &app.name,
+        &app.cfg.channel,
+        state.channel.as_ref(),
+        now,
+        app.cfg.max_manifest_lifetime,
+    ) {
+        Ok(Verdict::Same) => Ok(Polled::Accepted {
+            version: state.channel.as_ref().map_or(String::new(), |c| c.version.to_string()),
+            new: false,
+        }),
+        Ok(Verdict::New(m)) => {
+            let accepted = m.accepted(from).map_err(AcceptError::Other)?;
+            tracing::info!(
+                "{}: accepted manifest {from}: version {} (sequence {})",
+                app.name,
+                accepted.version,
+                accepted.sequence
+            );
+            let mut ev = app.event("accept");
+            ev.version = Some(accepted.version.to_string());
+            ev.previous = state.channel.as_ref().map(|c| c.version.to_string());
+            ev.reason = Some(format!("manifest {from}, sequence {}", accepted.sequence));
+            state.channel = Some(accepted);
+            let mut tl = crate::base::timeline::Timeline::new(false);
+            app.recorded(ev, &mut tl, |_, _| app.save_state(&state)).map_err(AcceptError::Other)?;
+            Ok(Polled::Accepted { version: m.version, new: true })
+        }
+        Err(r) => {
+            tracing::warn!("{}: refused manifest {from}: {}", app.name, r.reason);
+            Err(AcceptError::Refused(r))
+        }
+    }
+}
+
+/// Where the artifact of an accepted manifest is, fetching it when it comes from the bucket. `inbox` is the
+/// directory an inbox manifest came from.
+/// `progress` hears (bytes so far, size) while it downloads; the result says how long it took and how many bytes
+/// came over the network (none for an inbox drop, or an artifact already downloaded).
+pub async fn fetch_artifact(
+    app: &App,
+    src: Option<&Source>,
+    want: &Accepted,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(PathBuf, Option<crate::engine::deploy::Fetched>), Error> {
+    if let Some(path) = want.from.strip_prefix(INBOX_PREFIX) {
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        let name = Path::new(&want.artifact).file_name().unwrap_or_default();
+        return Ok((dir.join(name), None));
+    }
+    let src = src.ok_or_else(|| Error::Source {
+        source_url: want.from.clone(),
+        message: "the app has no `source` configured any more".to_owned(),
+    })?;
+    let started = std::time::Instant::now();
+    let got = std::sync::atomic::AtomicU64::new(0);
+    let first = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let track = |n: u64, total: u64| {
+        // The bytes of this run only: a resumed download starts from what an earlier run left.
+        let _ = first.compare_exchange(
+            u64::MAX,
+            n,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        got.store(n, std::sync::atomic::Ordering::Relaxed);
+        progress(n, total);
+    };
+    let path = src.download(&want.artifact, &downloads_dir(app), &want.sha256, want.size, &track).await?;
+    let bytes = got
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed).min(want.size));
+    let ms = started.elapsed().as_millis() as u64;
+    let detail = format!(
+        "{} of {} from {}",
+        bytesize::ByteSize(bytes).display().iec(),
+        bytesize::ByteSize(want.size).display().iec(),
+        src.describe(&want.artifact)
+    );
+    let timing = crate::statedir::history::Timing { step: "download".to_owned(), ms, detail: Some(detail) };
+    Ok((path, Some(crate::engine::deploy::Fetched { timing, bytes })))
+}
+
+/// A terminal line that shows a download's progress (stderr, only when it is a terminal), at most 4 times a
+/// second.
+pub fn terminal_progress(what: String) -> impl Fn(u64, u64) + Sync {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let last = std::sync::Mutex::new(None::<std::time::Instant>);
+    move |n, total| {
+        if !tty {
+            return;
+        }
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if n < total && last.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(250)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let pct = n.saturating_mul(100).checked_div(total).unwrap_or(100);
+        crate::base::progress::note_inline!(
+            "\r  {what}: {} of {} ({pct}%){}",
+            bytesize::ByteSize(n).display().iec(),
+            bytesize::ByteSize(total).display().iec(),
+            if n >= total { "\n" } else { "" }
+        );
+    }
+}
+
+/// A one-line summary of a download's progress (for `STATUS=` and `status`).
+pub fn progress_text(v: &str, n: u64, total: u64) -> String {
+    let pct = n.saturating_mul(100).checked_div(total).unwrap_or(100);
+    format!(
+        "downloading {v} ({} of {}, {pct}%)",
+        bytesize::ByteSize(n).display().iec(),
+        bytesize::ByteSize(total).display().iec()
+    )
+}
+
+/// `from` of a manifest accepted from the inbox: `inbox:` and the manifest's path.
+pub const INBOX_PREFIX: &str = "inbox:";
+
+pub fn downloads_dir(app: &App) -> PathBuf {
+    app.state_dir.join("downloads")
+}
+
+/// `deploy APP --version V` without `--file`: a release already on disk is deployed from disk (no network);
+/// otherwise the channel manifest is fetched (and accepted if new), and V is fetched only if a signed manifest
+/// names it: nothing unsigned is ever deployed from the bucket.
+pub fn deploy_version(
+    app: &App,
+    v: &crate::base::version::Version,
+    force: bool,
+    reason: Option<String>,
+    wait: Duration,
+    print: bool,
+) -> anyhow::Result<crate::engine::deploy::DeployOutcome> {
+    let mut req = crate::engine::deploy::DeployRequest {
+        archive: None,
+        expected: None,
+        version: v.clone(),
+        force,
+        reason,
+        fetched: None,
+    };
+    let state = app.load_state()?;
+    if app.store.on_disk()?.contains(v) && state.releases.contains_key(v) {
+        return crate::engine::deploy::deploy(app, &req, wait, print);
+    }
+    let Some(url) = app.cfg.source.clone() else {
+        return Err(Error::Usage(format!(
+            "`{v}` is not on disk and app `{}` has no `source` to fetch it from; pass --file ARCHIVE",
+            app.name
+        ))
+        .into());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (path, sha, took) = rt.block_on(async {
+        let src = Source::open(&url, &crate::source::bucket::Options::of(&app.cfg))?;
+        let refusal = match poll_channel(app, &src, &mut None).await {
+            Ok(Polled::Refused { reason }) => Some(format!("the channel's manifest was refused: {reason}")),
+            Ok(Polled::Missing) => {
+                Some(format!("no manifest is published at {}", src.describe(&channel_key(&app.cfg.channel))))
+            }
+            Ok(_) => None,
+            // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
+            Err(e) => Some(format!("the channel's manifest could not be refreshed: {e}")),
+        };
+        if let Some(r) = &refusal {
+            crate::base::progress::note!("{}: {r}", app.name);
+        }
+        let state = app.load_state()?;
+        match state.channel {
+            Some(c) if c.version == *v => {
+                let show = terminal_progress(format!("downloading {v}"));
+                let (path, took) = fetch_artifact(app, Some(&src), &c, &show).await?;
+                anyhow::Ok((path, crate::engine::deploy::Promise { sha256: c.sha256, size: c.size }, took))
+            }
+            other => Err(Error::NotPublished {
+                app: app.name.clone(),
+                version: v.to_string(),
+                channel: app.cfg.channel.clone(),
+                named: other.map_or("nothing".to_owned(), |c| format!("`{}`", c.version)),
+                why: refusal.map(|r| format!(" ({r})")).unwrap_or_default(),
+            }
+            .into()),
+        }
+    })?;
+    req.archive = Some(path.clone());
+    req.expected = Some(sha);
+    req.fetched = took;
+    let out = crate::engine::deploy::deploy(app, &req, wait, print);
+    if path.starts_with(downloads_dir(app)) {
+        let _ = std::fs::remove_file(&path);
+    }
+    out
+}
