@@ -244,7 +244,7 @@ bake = "1s"
         match crate::engine::deploy::deploy(&app, &req, wait, true) {
             Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,
             Err(e) => {
-                let code = crate::base::exit::code_for(&e);
+                let code = crate::error::code_for(&e);
                 writeln!(so, "{} => exit code {code}: {e:#}", stamp())?;
                 if code != crate::base::exit::ROLLED_BACK {
                     return Err(e);

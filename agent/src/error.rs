@@ -13,8 +13,8 @@ pub enum Error {
     #[error("unknown app `{app}` (configured: {known})")]
     UnknownApp { app: String, known: String },
 
-    #[error("invalid version `{version}`: {reason}")]
-    InvalidVersion { version: String, reason: &'static str },
+    #[error(transparent)]
+    InvalidVersion(#[from] crate::base::version::InvalidVersion),
 
     #[error("invalid usage: {0}")]
     Usage(String),
@@ -114,9 +114,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion { .. } | Error::Usage(_) => {
-                exit::USAGE
-            }
+            Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
             Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
             Error::RolledBack { .. } | Error::SwitchFailed { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
@@ -137,4 +135,17 @@ impl Error {
             | Error::Source { .. } => exit::FAILED,
         }
     }
+}
+
+/// Maps an error chain to its exit code: the first typed error in the chain decides ([`Error`], or an invalid
+/// version, which is a usage error wherever it comes from); anything untyped is a plain failure.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|cause| {
+            cause
+                .downcast_ref::<Error>()
+                .map(Error::exit_code)
+                .or_else(|| cause.downcast_ref::<crate::base::version::InvalidVersion>().map(|_| exit::USAGE))
+        })
+        .unwrap_or(exit::FAILED)
 }

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Err(e) if switchback::cli::stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write;
-            let code = switchback::exit::code_for(&e);
+            let code = switchback::error::code_for(&e);
             // Written without panicking: stderr or stdout may be closed too.
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
             if json {

@@ -114,7 +114,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             _ => return Err(Error::Usage("give either a directory to pack or --file ARCHIVE".to_owned()).into()),
         };
         check_archive(&archive)?;
-        let (sha, size) = crate::engine::deploy::sha256_file(&archive)?;
+        let (sha, size) = crate::base::digest::sha256_file(&archive)?;
         match existing {
             Some((old, _)) if old == sha => (sha, size, false),
             Some((old, _)) => {
@@ -258,7 +258,7 @@ async fn hash_object(src: &Source, rel: &str) -> Result<Option<(String, u64)>, E
     match src.download_unverified(rel, &dir.path().join("a")).await? {
         None => Ok(None),
         Some(path) => {
-            let (sha, size) = crate::engine::deploy::sha256_file(&path)
+            let (sha, size) = crate::base::digest::sha256_file(&path)
                 .map_err(|e| Error::Source { source_url: src.describe(rel), message: format!("{e:#}") })?;
             Ok(Some((sha, size)))
         }

@@ -1,7 +1,5 @@
 //! The one table of exit codes. Scripts and the daemon branch on these numbers, so they are a contract: add new
-//! codes at the end, never renumber. `code_for` is the only place that maps an error to a code.
-
-use crate::error::Error;
+//! codes at the end, never renumber. `error::code_for` is the only place that maps an error to a code.
 
 /// Success.
 pub const SUCCESS: u8 = 0;
@@ -33,10 +31,4 @@ pub fn help_text() -> String {
         out.push_str(&format!("\n  {code}  {meaning}"));
     }
     out
-}
-
-/// Maps an error chain to its exit code: the first typed [`Error`] in the chain decides; anything untyped is a
-/// plain failure.
-pub fn code_for(err: &anyhow::Error) -> u8 {
-    err.chain().find_map(|cause| cause.downcast_ref::<Error>()).map_or(FAILED, Error::exit_code)
 }

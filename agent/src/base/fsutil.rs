@@ -2,9 +2,13 @@
 //! appended and fsynced. A reader never sees a torn file: it sees the old bytes or the new ones.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use anyhow::Context;
 
@@ -128,4 +132,30 @@ pub fn read_small(path: &Path) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("it is larger than {SMALL_MAX} bytes"));
     }
     Ok(Some(bytes))
+}
+
+/// 0 = not yet known, 1 = openat2 works, 2 = the kernel lacks it.
+static OPENAT2: AtomicU8 = AtomicU8::new(0);
+
+/// Opens one path component below `dir`: never following a link, and with `openat2(RESOLVE_BENEATH)` where the
+/// kernel has it, so that even a bug here could not resolve outside `dir`.
+pub fn open_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if OPENAT2.load(Ordering::Relaxed) != 2 {
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(dir, name, flags, mode, resolve) {
+            Ok(fd) => {
+                OPENAT2.store(1, Ordering::Relaxed);
+                return Ok(fd);
+            }
+            Err(e)
+                if e == rustix::io::Errno::NOSYS
+                    || e == rustix::io::Errno::PERM && OPENAT2.load(Ordering::Relaxed) == 0 =>
+            {
+                OPENAT2.store(2, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(rustix::fs::openat(dir, name, flags, mode)?)
 }

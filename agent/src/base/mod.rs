@@ -6,6 +6,7 @@
 //! points down to here.
 
 pub mod crashpoint;
+pub mod digest;
 pub mod exit;
 pub mod fsutil;
 pub mod owner;
@@ -13,4 +14,6 @@ pub mod progress;
 pub mod redact;
 pub mod timeline;
 pub mod trust;
+pub mod units;
+pub mod verdict;
 pub mod version;

@@ -34,7 +34,7 @@ pub struct Worker {
     /// The last refusal (a manifest, an inbox drop, an artifact) and when, until a newer manifest is accepted.
     refusal: Mutex<Option<String>>,
     /// The daemon's own last check of the current release while idle.
-    health: Mutex<Option<crate::statedir::state::HealthSummary>>,
+    health: Mutex<Option<crate::base::verdict::HealthSummary>>,
     /// `STATE_DIR/APP/cancel`: an operator's request to cancel the daemon's step.
     cancel_file: PathBuf,
 }
@@ -86,11 +86,11 @@ impl Worker {
         self.refusal.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_health(&self, h: Option<crate::statedir::state::HealthSummary>) {
+    pub fn set_health(&self, h: Option<crate::base::verdict::HealthSummary>) {
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
     }
 
-    pub fn health(&self) -> Option<crate::statedir::state::HealthSummary> {
+    pub fn health(&self) -> Option<crate::base::verdict::HealthSummary> {
         self.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::statedir::history::Timing;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
 pub struct Timeline {
@@ -59,4 +59,13 @@ impl Timeline {
             crate::base::progress::note!("{text}");
         }
     }
+}
+
+/// One step of an operation and how long it took.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    pub step: String,
+    pub ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -5,7 +5,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+/// A string that is not a valid version, and why (a usage error: exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid version `{version}`: {reason}")]
+pub struct InvalidVersion {
+    pub version: String,
+    pub reason: &'static str,
+}
 
 /// A validated version: `[A-Za-z0-9][A-Za-z0-9._+-]{0,127}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -13,8 +19,8 @@ use crate::error::Error;
 pub struct Version(String);
 
 impl Version {
-    pub fn parse(s: &str) -> Result<Version, Error> {
-        let invalid = |reason| Error::InvalidVersion { version: s.escape_debug().to_string(), reason };
+    pub fn parse(s: &str) -> Result<Version, InvalidVersion> {
+        let invalid = |reason| InvalidVersion { version: s.escape_debug().to_string(), reason };
         let mut chars = s.chars();
         match chars.next() {
             None => return Err(invalid("it is empty")),
@@ -36,8 +42,8 @@ impl Version {
 }
 
 impl TryFrom<String> for Version {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self, Error> {
+    type Error = InvalidVersion;
+    fn try_from(s: String) -> Result<Self, InvalidVersion> {
         Version::parse(&s)
     }
 }

@@ -188,7 +188,7 @@ fn load_config(cli: &Cli) -> Result<Config, Error> {
 }
 
 fn version(s: &str) -> Result<Version, Error> {
-    Version::parse(s)
+    Ok(Version::parse(s)?)
 }
 
 /// Prints `value` as a JSON document with the schema number added.

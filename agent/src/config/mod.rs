@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::error::Error;
 
@@ -26,7 +26,7 @@ pub struct Config {
 pub struct AgentConfig {
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    #[serde(default = "default_poll", deserialize_with = "duration")]
+    #[serde(default = "default_poll", deserialize_with = "crate::base::units::duration")]
     pub poll_interval: Duration,
     /// A group that may read `status` and `history` (the state files); everything else in STATE_DIR is root's.
     pub read_group: Option<String>,
@@ -73,7 +73,7 @@ pub struct AppConfig {
     /// The user hooks and exec checks run as (default: `owner`, or root when there is none); "root" to keep root.
     pub run_as: Option<String>,
     /// The longest a manifest may stay valid (`expires` minus now); a manifest asking for longer is refused.
-    #[serde(default = "default_max_lifetime", deserialize_with = "duration")]
+    #[serde(default = "default_max_lifetime", deserialize_with = "crate::base::units::duration")]
     pub max_manifest_lifetime: Duration,
     #[serde(default)]
     pub limits: Limits,
@@ -92,11 +92,11 @@ pub struct AppConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadPolicy {
-    #[serde(default = "default_stall", deserialize_with = "duration")]
+    #[serde(default = "default_stall", deserialize_with = "crate::base::units::duration")]
     pub stall: Duration,
-    #[serde(default = "default_min_rate", deserialize_with = "size")]
+    #[serde(default = "default_min_rate", deserialize_with = "crate::base::units::size")]
     pub min_rate: u64,
-    #[serde(default = "default_download_deadline", deserialize_with = "duration")]
+    #[serde(default = "default_download_deadline", deserialize_with = "crate::base::units::duration")]
     pub deadline: Duration,
     #[serde(default = "default_attempts")]
     pub attempts: u32,
@@ -113,42 +113,7 @@ impl Default for DownloadPolicy {
     }
 }
 
-/// Limits applied to every archive of an app.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(default = "default_max_unpacked", deserialize_with = "size")]
-    pub max_unpacked: u64,
-    #[serde(default = "default_max_entries")]
-    pub max_entries: u64,
-    #[serde(default = "default_max_path_len")]
-    pub max_path_len: usize,
-    #[serde(default = "default_max_depth")]
-    pub max_depth: usize,
-    /// Largest PAX or GNU long-name record.
-    #[serde(default = "default_max_record", deserialize_with = "size")]
-    pub max_record: u64,
-    /// Largest zstd window the decoder accepts (memory used while unpacking).
-    #[serde(default = "default_max_window", deserialize_with = "size")]
-    pub max_window: u64,
-    /// Free space that must remain on the filesystem after the release is unpacked.
-    #[serde(default = "default_reserve", deserialize_with = "size")]
-    pub reserve: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_unpacked: default_max_unpacked(),
-            max_entries: default_max_entries(),
-            max_path_len: default_max_path_len(),
-            max_depth: default_max_depth(),
-            max_record: default_max_record(),
-            max_window: default_max_window(),
-            reserve: default_reserve(),
-        }
-    }
-}
+pub use crate::store::unpack::Limits;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,7 +124,7 @@ pub struct ServiceConfig {
     pub reload: bool,
     /// Command that restarts the service, for hosts without systemd.
     pub restart: Option<Vec<String>>,
-    #[serde(default = "default_restart_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_restart_timeout", deserialize_with = "crate::base::units::duration")]
     pub timeout: Duration,
 }
 
@@ -172,22 +137,22 @@ pub struct CheckConfig {
     pub unit_active: Option<bool>,
     pub expect_status: Option<u16>,
     pub body_contains: Option<String>,
-    #[serde(default = "default_check_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_check_timeout", deserialize_with = "crate::base::units::duration")]
     pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthPolicy {
-    #[serde(default = "zero", deserialize_with = "duration")]
+    #[serde(default = "zero", deserialize_with = "crate::base::units::duration")]
     pub start_period: Duration,
-    #[serde(default = "one_second", deserialize_with = "duration")]
+    #[serde(default = "one_second", deserialize_with = "crate::base::units::duration")]
     pub interval: Duration,
     #[serde(default = "default_healthy_after")]
     pub healthy_after: u32,
-    #[serde(default = "default_deadline", deserialize_with = "duration")]
+    #[serde(default = "default_deadline", deserialize_with = "crate::base::units::duration")]
     pub deadline: Duration,
-    #[serde(default = "zero", deserialize_with = "duration")]
+    #[serde(default = "zero", deserialize_with = "crate::base::units::duration")]
     pub bake: Duration,
 }
 
@@ -209,7 +174,7 @@ pub struct HooksConfig {
     pub before_activate: Option<Vec<String>>,
     pub after_activate: Option<Vec<String>>,
     pub after_rollback: Option<Vec<String>>,
-    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_hook_timeout", deserialize_with = "crate::base::units::duration")]
     pub timeout: Duration,
     /// Whether hooks shipped in the archive (`.switchback/hooks/NAME`) run; configured hooks always do.
     #[serde(default = "yes")]
@@ -226,6 +191,40 @@ impl Default for HooksConfig {
             from_archive: true,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    BeforeActivate,
+    AfterActivate,
+    AfterRollback,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::BeforeActivate, Hook::AfterActivate, Hook::AfterRollback];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::BeforeActivate => "before_activate",
+            Hook::AfterActivate => "after_activate",
+            Hook::AfterRollback => "after_rollback",
+        }
+    }
+}
+
+/// Where an archive ships the hook, relative to the release.
+pub fn shipped(hook: Hook) -> String {
+    format!(".switchback/hooks/{}", hook.name())
+}
+
+/// Parses the `trusted_keys` entries (base64 minisign public keys, the second line of a `.pub` file).
+pub fn parse_keys(keys: &[String]) -> Result<Vec<minisign_verify::PublicKey>, String> {
+    keys.iter()
+        .map(|k| {
+            minisign_verify::PublicKey::from_base64(k.trim())
+                .map_err(|e| format!("`{k}` is not a minisign public key ({e})"))
+        })
+        .collect()
 }
 
 fn default_state_dir() -> PathBuf {
@@ -251,28 +250,6 @@ fn default_keep() -> usize {
 }
 fn default_channel() -> String {
     "production".to_owned()
-}
-fn default_max_unpacked() -> u64 {
-    4 << 30
-}
-fn default_max_entries() -> u64 {
-    500_000
-}
-fn default_max_path_len() -> usize {
-    4096
-}
-fn default_max_depth() -> usize {
-    64
-}
-fn default_max_record() -> u64 {
-    64 << 10
-}
-fn default_max_window() -> u64 {
-    // Enough for every standard zstd level (level 19 uses an 8 MiB window); `--long` archives need a larger limit.
-    16 << 20
-}
-fn default_reserve() -> u64 {
-    64 << 20
 }
 fn default_restart_timeout() -> Duration {
     Duration::from_secs(90)
@@ -304,28 +281,6 @@ fn zero() -> Duration {
 }
 fn one_second() -> Duration {
     Duration::from_secs(1)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration `{s}` ({e}); expected e.g. \"500ms\", \"30s\""))
-    })
-}
-
-fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(n),
-        Raw::Text(s) => s.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| {
-            serde::de::Error::custom(format!("invalid size `{s}` ({e}); expected e.g. \"4GiB\", \"512MiB\""))
-        }),
-    }
 }
 
 impl Config {
@@ -449,8 +404,7 @@ impl Config {
                     key("trusted_keys")
                 ));
             }
-            crate::source::manifest::parse_keys(&app.trusted_keys)
-                .map_err(|e| format!("{}: {e}", key("trusted_keys")))?;
+            parse_keys(&app.trusted_keys).map_err(|e| format!("{}: {e}", key("trusted_keys")))?;
             if !valid_app_name(&app.channel) {
                 return Err(format!("{}: channel names must match [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", key("channel")));
             }

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
@@ -32,35 +31,7 @@ use crate::engine::pull::{self, Polled};
 use crate::engine::reconcile;
 use crate::error::Error;
 use crate::source::bucket::{Options, Source};
-
-/// What the daemon tells `status` about an app: `STATE_DIR/APP/daemon.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DaemonInfo {
-    pub pid: u32,
-    pub activity: String,
-    pub last_poll: String,
-    pub updated_at: String,
-    /// The channel URL the daemon polls (redacted), if the app has a source.
-    #[serde(default)]
-    pub source: Option<String>,
-    /// The last refusal and when, kept until a newer manifest is accepted.
-    #[serde(default)]
-    pub last_refusal: Option<String>,
-    /// The daemon's own check of the current release while idle (once per poll).
-    #[serde(default)]
-    pub health: Option<crate::statedir::state::HealthSummary>,
-}
-
-pub const INFO_FILE: &str = "daemon.json";
-
-/// The daemon's info for an app, if a daemon that is still alive wrote it.
-pub fn info(app: &App) -> Option<DaemonInfo> {
-    let text = std::fs::read(app.state_dir.join(INFO_FILE)).ok()?;
-    let info: DaemonInfo = serde_json::from_slice(&text).ok()?;
-    let pid = rustix::process::Pid::from_raw(info.pid as i32)?;
-    rustix::process::test_kill_process(pid).ok()?;
-    Some(info)
-}
+use crate::statedir::info::{DaemonInfo, INFO_FILE};
 
 struct Handle {
     cfg: watch::Sender<(App, Duration)>,
@@ -443,7 +414,7 @@ async fn idle_health(app: &App, worker: &Arc<Worker>) {
         let Some(current) = a.store.current()? else { return Ok(None) };
         let results = crate::engine::status::check_now(&a)?;
         let failed = results.iter().find(|r| !r.ok);
-        Ok(Some(crate::statedir::state::HealthSummary {
+        Ok(Some(crate::base::verdict::HealthSummary {
             at: fsutil::now_rfc3339(),
             version: Some(current),
             healthy: failed.is_none(),
@@ -553,7 +524,7 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     let mut fetched = None;
     let archive = if have {
         // An artifact left from a deploy a shutdown interrupted is not needed any more.
-        let left = pull::downloads_dir(app).join(format!("{}.tar.zst", want.sha256));
+        let left = app.downloads_dir().join(format!("{}.tar.zst", want.sha256));
         let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
         None
     } else {
@@ -617,7 +588,7 @@ async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &m
     let after = blocking(worker, move || {
         w.clear_cancel();
         let unused = busy || (progress::shutting_down() && !a.store.on_disk().unwrap_or_default().contains(&v2));
-        if let Some(p) = archive.filter(|p| p.starts_with(pull::downloads_dir(&a))) {
+        if let Some(p) = archive.filter(|p| p.starts_with(a.downloads_dir())) {
             if !unused {
                 let _ = std::fs::remove_file(p);
             }

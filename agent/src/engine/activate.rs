@@ -6,13 +6,14 @@ use crate::app::App;
 use crate::base::crashpoint;
 use crate::base::fsutil;
 use crate::base::timeline::Timeline;
+use crate::base::verdict::HealthSummary;
 use crate::base::version::Version;
 use crate::error::Error;
 use crate::host::health;
 use crate::host::hooks::{self, Hook};
 use crate::host::service;
 use crate::statedir::history::Event;
-use crate::statedir::state::{AppState, HealthSummary, Op, Step};
+use crate::statedir::state::{AppState, Op, Step};
 
 /// Switches to `target`, restarts and verifies. The outer error is an I/O failure of our own; the inner result is
 /// the verdict (`Err` carries the reason the release is not healthy).
@@ -28,7 +29,7 @@ pub fn go_live(
     // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
     let point = |deploy: &'static str, rollback: &'static str| if op == Op::Deploy { deploy } else { rollback };
     // Nothing changes before the release is known to be the one that was verified (Error::NotVerified).
-    let checked = crate::store::verify::check_release(app, target)?;
+    let checked = crate::app::verify::check_release(app, target)?;
     tracing::debug!(
         "{}: {target} matches its index ({} entries, {} hashed)",
         app.name,

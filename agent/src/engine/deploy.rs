@@ -2,18 +2,15 @@
 //! `releases/V`, run `before_activate`, then go live and prove it (see [`crate::engine::activate`]). A failure before the
 //! switch changes nothing visible; a failure after it rolls back automatically.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::app::App;
 use crate::base::crashpoint;
 use crate::base::timeline::Timeline;
+use crate::base::timeline::Timing;
 use crate::base::version::Version;
 use crate::engine::activate;
 use crate::engine::reconcile;
@@ -21,7 +18,6 @@ use crate::engine::retention;
 use crate::error::Error;
 use crate::host::hooks::{self, Hook};
 use crate::source::artifact::Artifact;
-use crate::statedir::history::Timing;
 use crate::statedir::state::{Op, Step};
 use crate::store::unpack;
 
@@ -106,7 +102,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         let mut artifact = match &req.archive {
             Some(path) => Some(tl.step("verify", || {
                 let max = req.expected.as_ref().map(|p| p.size);
-                crate::source::artifact::Artifact::open(path, &crate::engine::pull::downloads_dir(app), max).map(|a| {
+                crate::source::artifact::Artifact::open(path, &app.downloads_dir(), max).map(|a| {
                     let d = format!("sha256 {}", &a.sha256[..16]);
                     (a, Some(d))
                 })
@@ -270,7 +266,7 @@ fn stage_release(
         tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
         crashpoint::hit("after-staging-durable");
         staging.commit(&app.store, v)?;
-        crate::store::verify::unpacked_now(app, v);
+        crate::app::verify::unpacked_now(app, v);
         crashpoint::hit("after-release-rename");
         tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
         Ok(())
@@ -334,28 +330,4 @@ fn preflight_space(app: &App, artifact: &Artifact) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// The sha256 (hex) and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> anyhow::Result<(String, u64)> {
-    let (hasher, total) = sha256_prefix(path, u64::MAX).with_context(|| format!("reading {}", path.display()))?;
-    Ok((hex::encode(hasher.finalize()), total))
-}
-
-/// Hashes the first bytes of `path` (at most `limit`), streamed; returns the hasher (to go on with) and how many
-/// bytes it saw.
-pub fn sha256_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
-    let mut f = File::open(path)?.take(limit);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok((hasher, total));
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-        crate::base::progress::beat();
-    }
 }

@@ -80,7 +80,7 @@ pub enum AcceptError {
 /// Verifies a manifest and, when it is new, saves it as the app's accepted manifest (under the app's lock, so the
 /// sequence check and the write are one step). Refusals are logged with their reason.
 pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Result<Polled, AcceptError> {
-    let keys = manifest::parse_keys(&app.cfg.trusted_keys)
+    let keys = crate::config::parse_keys(&app.cfg.trusted_keys)
         .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e, retry: false }))?;
     // The signature is checked before anything else is believed, and before the lock is taken.
     if let Err(r) = manifest::verify_signature(bytes, sig, &keys) {
@@ -159,7 +159,7 @@ pub async fn fetch_artifact(
         got.store(n, std::sync::atomic::Ordering::Relaxed);
         progress(n, total);
     };
-    let path = src.download(&want.artifact, &downloads_dir(app), &want.sha256, want.size, &track).await?;
+    let path = src.download(&want.artifact, &app.downloads_dir(), &want.sha256, want.size, &track).await?;
     let bytes = got
         .load(std::sync::atomic::Ordering::Relaxed)
         .saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed).min(want.size));
@@ -170,7 +170,7 @@ pub async fn fetch_artifact(
         bytesize::ByteSize(want.size).display().iec(),
         src.describe(&want.artifact)
     );
-    let timing = crate::statedir::history::Timing { step: "download".to_owned(), ms, detail: Some(detail) };
+    let timing = crate::base::timeline::Timing { step: "download".to_owned(), ms, detail: Some(detail) };
     Ok((path, Some(crate::engine::deploy::Fetched { timing, bytes })))
 }
 
@@ -210,10 +210,6 @@ pub fn progress_text(v: &str, n: u64, total: u64) -> String {
 
 /// `from` of a manifest accepted from the inbox: `inbox:` and the manifest's path.
 pub const INBOX_PREFIX: &str = "inbox:";
-
-pub fn downloads_dir(app: &App) -> PathBuf {
-    app.state_dir.join("downloads")
-}
 
 /// `deploy APP --version V` without `--file`: a release already on disk is deployed from disk (no network);
 /// otherwise the channel manifest is fetched (and accepted if new), and V is fetched only if a signed manifest
@@ -281,7 +277,7 @@ pub fn deploy_version(
     req.expected = Some(sha);
     req.fetched = took;
     let out = crate::engine::deploy::deploy(app, &req, wait, print);
-    if path.starts_with(downloads_dir(app)) {
+    if path.starts_with(app.downloads_dir()) {
         let _ = std::fs::remove_file(&path);
     }
     out

@@ -8,11 +8,11 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::base::timeline::Timeline;
+use crate::base::timeline::Timing;
 use crate::base::version::Version;
 use crate::engine::activate;
 use crate::engine::reconcile;
 use crate::error::Error;
-use crate::statedir::history::Timing;
 use crate::statedir::state::PendingMark;
 
 #[derive(Debug, Serialize)]

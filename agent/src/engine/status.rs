@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::app::App;
+use crate::base::verdict::HealthSummary;
 use crate::host::health::{self, CheckResult};
-use crate::statedir::state::{HealthSummary, InFlight, Pin};
+use crate::statedir::state::{InFlight, Pin};
 
 #[derive(Debug, Serialize)]
 pub struct AppStatus {
@@ -27,7 +28,7 @@ pub struct AppStatus {
     /// The last channel manifest accepted.
     pub channel: Option<crate::source::manifest::Accepted>,
     /// What the running daemon is doing for this app, and when it last polled; `null` when no daemon runs.
-    pub daemon: Option<crate::daemon::DaemonInfo>,
+    pub daemon: Option<crate::statedir::info::DaemonInfo>,
     /// The channel manifest URL the app follows (redacted), if it has a source.
     pub source: Option<String>,
     /// The truth about health now: the newest check of the current release (the deploy's, or the daemon's own
@@ -106,7 +107,7 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
     let state = app.load_state()?;
     let current = app.store.current()?;
     let current_name = current.as_ref().map(ToString::to_string);
-    let daemon = crate::daemon::info(app);
+    let daemon = crate::statedir::info::read(&app.state_dir);
     let in_flight = state.in_flight.clone();
     let on_disk = app.store.on_disk()?;
     let releases = on_disk

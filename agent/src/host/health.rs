@@ -47,7 +47,7 @@ pub fn run_check(app: &App, c: &CheckConfig, version: &str, release_dir: &Path) 
         tcp(addr, c.timeout)
     } else if let Some(argv) = &c.exec {
         let env = app.hook_env(version, None, release_dir);
-        match crate::store::verify::check_exec(app, version, argv, release_dir)
+        match crate::app::verify::check_exec(app, version, argv, release_dir)
             .and_then(|()| command::run(argv, release_dir, &env, c.timeout, &app.state_dir, app.run_as))
         {
             Ok(done) if done.success => Ok("exit 0".to_owned()),

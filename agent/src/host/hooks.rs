@@ -8,31 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::app::App;
+pub use crate::config::{shipped, Hook};
 use crate::host::command;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Hook {
-    BeforeActivate,
-    AfterActivate,
-    AfterRollback,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 3] = [Hook::BeforeActivate, Hook::AfterActivate, Hook::AfterRollback];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::BeforeActivate => "before_activate",
-            Hook::AfterActivate => "after_activate",
-            Hook::AfterRollback => "after_rollback",
-        }
-    }
-}
-
-/// Where an archive ships the hook, relative to the release.
-pub fn shipped(hook: Hook) -> String {
-    format!(".switchback/hooks/{}", hook.name())
-}
 
 /// The outcome of a hook that ran.
 #[derive(Debug)]
@@ -65,7 +42,7 @@ pub fn run(
             }
         }
     };
-    if let Err(e) = crate::store::verify::check_exec(app, version, &argv, release_dir) {
+    if let Err(e) = crate::app::verify::check_exec(app, version, &argv, release_dir) {
         return Err((format!("hook {} ({}) not run: {e:#}", hook.name(), argv.join(" ")), Vec::new()));
     }
     let mut env = app.hook_env(version, previous, release_dir);

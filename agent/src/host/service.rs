@@ -22,7 +22,7 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
     let env = app.hook_env(version, previous, release_dir);
     if let Some(argv) = &svc.restart {
         // The restart command runs as root: it is the configuration's. What of the release it runs is checked.
-        crate::store::verify::check_exec(app, version, argv, release_dir)
+        crate::app::verify::check_exec(app, version, argv, release_dir)
             .map_err(|e| format!("restart command not run: {e:#}"))?;
         let done = command::run_at(argv, release_dir, &env, svc.timeout, &app.state_dir, None, Some("during-restart"))
             .map_err(|e| format!("restart command: {e:#}"))?;

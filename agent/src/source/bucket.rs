@@ -22,8 +22,8 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig};
 use sha2::{Digest, Sha256};
 
+use crate::base::digest::{sha256_file, sha256_prefix};
 use crate::config::{AppConfig, DownloadPolicy};
-use crate::engine::deploy::{sha256_file, sha256_prefix};
 use crate::error::Error;
 
 /// Largest manifest or signature we read: they are a few hundred bytes.

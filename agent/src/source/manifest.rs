@@ -73,16 +73,6 @@ pub enum Verdict {
     Same,
 }
 
-/// Parses the `trusted_keys` entries (base64 minisign public keys, the second line of a `.pub` file).
-pub fn parse_keys(keys: &[String]) -> Result<Vec<minisign_verify::PublicKey>, String> {
-    keys.iter()
-        .map(|k| {
-            minisign_verify::PublicKey::from_base64(k.trim())
-                .map_err(|e| format!("`{k}` is not a minisign public key ({e})"))
-        })
-        .collect()
-}
-
 /// Checks the signature of `bytes` against `keys`.
 pub fn verify_signature(bytes: &[u8], sig: &str, keys: &[minisign_verify::PublicKey]) -> Result<(), Refused> {
     let retry = |reason: String| Refused { reason, retry: true };

@@ -95,13 +95,7 @@ impl Who {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Timing {
-    pub step: String,
-    pub ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
+use crate::base::timeline::Timing;
 
 impl Event {
     pub fn new(app: &str, op: &str) -> Event {

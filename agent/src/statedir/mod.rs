@@ -6,5 +6,6 @@
 //! engine's. It depends on `base`, `error` and `source` (for the manifest it records).
 
 pub mod history;
+pub mod info;
 pub mod lock;
 pub mod state;

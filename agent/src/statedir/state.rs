@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::base::fsutil;
+use crate::base::verdict::HealthSummary;
 use crate::base::version::Version;
 
 pub const SCHEMA: u32 = 1;
@@ -98,14 +99,6 @@ pub struct InFlight {
     pub step: Step,
     pub started_at: String,
     pub pid: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HealthSummary {
-    pub at: String,
-    pub version: Option<Version>,
-    pub healthy: bool,
-    pub detail: String,
 }
 
 impl AppState {

@@ -356,7 +356,7 @@ fn walk_dir(
             FileType::Directory => {
                 visit(e, stat)?;
                 let child =
-                    crate::store::unpack::open_beneath(fd, &name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+                    crate::base::fsutil::open_beneath(fd, &name, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
                 walk_dir(child.as_fd(), prefix, visit, hashes)?;
             }
             FileType::RegularFile => {
@@ -386,10 +386,10 @@ fn hash_at(fd: BorrowedFd<'_>, rel: &[u8]) -> anyhow::Result<String> {
     let (last, parents) = comps.split_last().context("an empty path")?;
     for c in parents {
         let at = dir.as_ref().map_or(fd, |d| d.as_fd());
-        dir = Some(crate::store::unpack::open_beneath(at, c, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?);
+        dir = Some(crate::base::fsutil::open_beneath(at, c, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?);
     }
     let at = dir.as_ref().map_or(fd, |d| d.as_fd());
-    let mut f = std::fs::File::from(crate::store::unpack::open_beneath(at, last, OFlags::RDONLY, Mode::empty())?);
+    let mut f = std::fs::File::from(crate::base::fsutil::open_beneath(at, last, OFlags::RDONLY, Mode::empty())?);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {

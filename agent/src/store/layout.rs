@@ -228,12 +228,12 @@ fn child_dir(parent: &OwnedFd, name: &OsStr, path: &Path, owner: Option<Owner>, 
         };
         anyhow::anyhow!("shared path `{}`: {} {why}", rel.display(), path.display())
     };
-    match crate::store::unpack::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty()) {
+    match crate::base::fsutil::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty()) {
         Ok(fd) => Ok(fd),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755))
                 .with_context(|| format!("creating {}", path.display()))?;
-            let fd = crate::store::unpack::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty())
+            let fd = crate::base::fsutil::open_beneath(parent.as_fd(), name.as_bytes(), flags, Mode::empty())
                 .map_err(|e| refuse(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755)).with_context(|| format!("chmod {}", path.display()))?;
             if let Some(o) = owner {

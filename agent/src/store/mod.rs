@@ -9,4 +9,3 @@
 pub mod index;
 pub mod layout;
 pub mod unpack;
-pub mod verify;

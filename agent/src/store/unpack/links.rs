@@ -11,8 +11,8 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::tree::{Comps, Node, PathMap};
+use super::Limits;
 use super::{display_bytes, Refusal};
-use crate::config::Limits;
 
 /// Where links may lead outside the release.
 #[derive(Debug, Clone, Default)]

@@ -10,6 +10,7 @@
 //! removes the staging directory.
 
 mod format;
+mod limits;
 mod links;
 mod tree;
 
@@ -20,10 +21,10 @@ use rustix::fs::{AtFlags, Gid, Mode, OFlags};
 use serde::Serialize;
 use sha2::Digest;
 
+use crate::base::fsutil::open_beneath;
+pub use limits::Limits;
 pub use links::LinkPolicy;
-pub(crate) use tree::open_beneath;
 
-use crate::config::Limits;
 use format::{Blocks, DataError, Header, Short};
 use tree::{normalize, Comps, Node, PathMap, Tree};
 

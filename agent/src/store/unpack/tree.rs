@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, Ordering};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
+use crate::base::fsutil::open_beneath;
+
+use super::Limits;
 use super::Refusal;
-use crate::config::Limits;
 
 #[derive(Debug)]
 pub enum Node {
@@ -167,30 +168,4 @@ impl<'a> Tree<'a> {
         }
         cur.ok_or_else(|| io::Error::other("empty path"))
     }
-}
-
-/// 0 = not yet known, 1 = openat2 works, 2 = the kernel lacks it.
-static OPENAT2: AtomicU8 = AtomicU8::new(0);
-
-/// Opens one path component below `dir`: never following a link, and with `openat2(RESOLVE_BENEATH)` where the
-/// kernel has it, so that even a bug here could not resolve outside `dir`.
-pub(crate) fn open_beneath(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
-    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    if OPENAT2.load(Ordering::Relaxed) != 2 {
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(dir, name, flags, mode, resolve) {
-            Ok(fd) => {
-                OPENAT2.store(1, Ordering::Relaxed);
-                return Ok(fd);
-            }
-            Err(e)
-                if e == rustix::io::Errno::NOSYS
-                    || e == rustix::io::Errno::PERM && OPENAT2.load(Ordering::Relaxed) == 0 =>
-            {
-                OPENAT2.store(2, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(rustix::fs::openat(dir, name, flags, mode)?)
 }

@@ -1,5 +1,7 @@
 //! One managed app: its configuration, release store and state directory. Everything that changes an app goes
-//! through [`App::lock`] first, then [`crate::engine::reconcile::reconcile`].
+//! through [`App::lock`] first, then the engine's reconcile.
+
+pub mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +58,11 @@ impl App {
 
     pub fn state_path(&self) -> PathBuf {
         self.state_dir.join("state.json")
+    }
+
+    /// Where artifacts are downloaded to, and where an artifact others could write is copied before it is read.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.state_dir.join("downloads")
     }
 
     pub fn history_path(&self) -> PathBuf {
@@ -229,7 +236,7 @@ impl App {
             let interrupted = e.chain().any(|c| {
                 matches!(c.downcast_ref::<crate::error::Error>(), Some(crate::error::Error::Interrupted { .. }))
             });
-            ev.outcome = match crate::base::exit::code_for(e) {
+            ev.outcome = match crate::error::code_for(e) {
                 // Stopped by the daemon's shutdown at a safe point: the journal finishes it at the next start.
                 _ if interrupted => "interrupted",
                 crate::base::exit::ROLLED_BACK => "rolled-back",

@@ -21,8 +21,8 @@ pub fn check_release(app: &App, v: &Version) -> anyhow::Result<index::Checked> {
     for argv in commands(app) {
         hash.extend(index::exec_paths(&argv, &dir, &app.store.current_link()));
     }
-    for hook in crate::host::hooks::Hook::ALL {
-        let shipped = crate::host::hooks::shipped(hook);
+    for hook in crate::config::Hook::ALL {
+        let shipped = crate::config::shipped(hook);
         if app.cfg.hooks.from_archive && dir.join(&shipped).is_file() {
             hash.insert(shipped.into_bytes());
         }
