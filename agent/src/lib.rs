@@ -39,3 +39,9 @@ mod store;
 
 pub use base::{exit, version};
 pub use store::unpack;
+
+/// The names of every crash point (see the `crash-points` feature), for the crash tests to check that each is
+/// killed at.
+pub fn crash_points() -> impl Iterator<Item = &'static str> {
+    base::crashpoint::Point::ALL.iter().map(|p| p.name())
+}

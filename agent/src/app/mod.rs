@@ -228,7 +228,7 @@ impl App {
             .with_context(|| {
                 format!("saving this command's event to {} before it changes anything", pending.display())
             })?;
-        crate::base::crashpoint::hit("after-pending-event");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterPendingEvent);
         let result = f(&mut ev, tl);
         ev.duration_ms = tl.elapsed_ms();
         ev.steps = tl.steps.clone();
@@ -255,7 +255,7 @@ impl App {
             // The pending copy is only removed once the event is in history; left behind, the next command
             // records it (as interrupted) and checks that it is not there twice.
             Ok(()) => {
-                crate::base::crashpoint::hit("after-record");
+                crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterRecord);
                 if let Err(e) = std::fs::remove_file(&pending) {
                     tracing::warn!("{}: cannot remove {}: {e}", self.name, pending.display());
                 }

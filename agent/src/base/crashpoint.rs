@@ -8,7 +8,7 @@
 //! - `SWITCHBACK_PAUSE_AT=NAME` with `SWITCHBACK_PAUSE_FILE=PATH` creates PATH at the point and waits until the test
 //!   removes it, then goes on: a test can change the world (fill a disk) at an exact step.
 //!
-//! The points, in order (`grep -n crashpoint::hit agent/src/*.rs`):
+//! The points, in order ([`Point::ALL`]; `grep -rn 'Point::' agent/src` shows where each is):
 //! - every recorded command (deploy, rollback, pin, unpin, prune, accept): `after-pending-event` (its event is
 //!   saved, nothing changed yet) and `after-record` (below);
 //! - deploy: `mid-unpack` (after each entry), `after-unpack`, `after-staging-durable`, `after-release-rename`,
@@ -25,8 +25,101 @@
 //!   (the recovery written to history, the state not yet saved);
 //! - daemon: `after-download` (the artifact verified in `downloads/`, the deploy not started).
 
+/// A named point where a crash test may kill, hang or pause the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    AfterPendingEvent,
+    AfterRecord,
+    MidUnpack,
+    AfterUnpack,
+    AfterStagingDurable,
+    AfterReleaseRename,
+    BeforeSwitch,
+    AfterTempSymlink,
+    AfterSwitch,
+    AfterStateWrite,
+    DuringRestart,
+    AfterRestart,
+    DuringChecks,
+    DuringBake,
+    AfterCommit,
+    RollbackBeforeSwitch,
+    RollbackAfterSwitch,
+    RollbackAfterStateWrite,
+    RollbackAfterRestart,
+    RollbackAfterCommit,
+    PruneAfterTrashRename,
+    PruneMidRemove,
+    ReconcileMidRecovery,
+    ReconcileAfterRecord,
+    AfterDownload,
+}
+
+impl Point {
+    /// Every point, in the order of the list above.
+    pub const ALL: &[Point] = &[
+        Point::AfterPendingEvent,
+        Point::AfterRecord,
+        Point::MidUnpack,
+        Point::AfterUnpack,
+        Point::AfterStagingDurable,
+        Point::AfterReleaseRename,
+        Point::BeforeSwitch,
+        Point::AfterTempSymlink,
+        Point::AfterSwitch,
+        Point::AfterStateWrite,
+        Point::DuringRestart,
+        Point::AfterRestart,
+        Point::DuringChecks,
+        Point::DuringBake,
+        Point::AfterCommit,
+        Point::RollbackBeforeSwitch,
+        Point::RollbackAfterSwitch,
+        Point::RollbackAfterStateWrite,
+        Point::RollbackAfterRestart,
+        Point::RollbackAfterCommit,
+        Point::PruneAfterTrashRename,
+        Point::PruneMidRemove,
+        Point::ReconcileMidRecovery,
+        Point::ReconcileAfterRecord,
+        Point::AfterDownload,
+    ];
+
+    /// The name the environment variables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::AfterPendingEvent => "after-pending-event",
+            Point::AfterRecord => "after-record",
+            Point::MidUnpack => "mid-unpack",
+            Point::AfterUnpack => "after-unpack",
+            Point::AfterStagingDurable => "after-staging-durable",
+            Point::AfterReleaseRename => "after-release-rename",
+            Point::BeforeSwitch => "before-switch",
+            Point::AfterTempSymlink => "after-temp-symlink",
+            Point::AfterSwitch => "after-switch",
+            Point::AfterStateWrite => "after-state-write",
+            Point::DuringRestart => "during-restart",
+            Point::AfterRestart => "after-restart",
+            Point::DuringChecks => "during-checks",
+            Point::DuringBake => "during-bake",
+            Point::AfterCommit => "after-commit",
+            Point::RollbackBeforeSwitch => "rollback-before-switch",
+            Point::RollbackAfterSwitch => "rollback-after-switch",
+            Point::RollbackAfterStateWrite => "rollback-after-state-write",
+            Point::RollbackAfterRestart => "rollback-after-restart",
+            Point::RollbackAfterCommit => "rollback-after-commit",
+            Point::PruneAfterTrashRename => "prune-after-trash-rename",
+            Point::PruneMidRemove => "prune-mid-remove",
+            Point::ReconcileMidRecovery => "reconcile-mid-recovery",
+            Point::ReconcileAfterRecord => "reconcile-after-record",
+            Point::AfterDownload => "after-download",
+        }
+    }
+}
+
 #[cfg(feature = "crash-points")]
-pub fn hit(name: &str) {
+pub fn hit(point: Point) {
+    let name = point.name();
     use std::collections::HashMap;
     use std::sync::Mutex;
     static COUNTS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
@@ -64,4 +157,4 @@ pub fn hit(name: &str) {
 
 #[cfg(not(feature = "crash-points"))]
 #[inline(always)]
-pub fn hit(_name: &str) {}
+pub fn hit(_point: Point) {}

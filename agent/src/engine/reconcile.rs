@@ -78,7 +78,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
                         }
                         other => other?,
                     };
-                crate::base::crashpoint::hit("reconcile-mid-recovery");
+                crate::base::crashpoint::hit(crate::base::crashpoint::Point::ReconcileMidRecovery);
                 match verdict {
                     Ok(health) => {
                         state.commit(&f.version);
@@ -116,7 +116,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<AppState> {
         tl.note(&format!("reconciled {}: {}", app.name, notes.join("; ")));
         tracing::warn!("{}: reconciled: {}", app.name, notes.join("; "));
         app.record(&ev)?;
-        crate::base::crashpoint::hit("reconcile-after-record");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::ReconcileAfterRecord);
     }
     if state != before {
         app.save_state(&state)?;

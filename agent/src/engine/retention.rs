@@ -58,7 +58,7 @@ fn remove(app: &App, state: &mut AppState, keep: usize) -> anyhow::Result<Vec<St
         let _ = std::fs::remove_file(crate::store::index::path(&app.state_dir, v.as_str()));
         state.releases.remove(&v);
         app.save_state(state)?;
-        crate::base::crashpoint::hit("prune-mid-remove");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::PruneMidRemove);
         removed.push(v.to_string());
     }
     Ok(removed)

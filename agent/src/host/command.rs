@@ -68,7 +68,7 @@ pub fn run_at(
     timeout: Duration,
     state_dir: &Path,
     user: Option<Owner>,
-    point: Option<&str>,
+    point: Option<crate::base::crashpoint::Point>,
 ) -> anyhow::Result<Finished> {
     anyhow::ensure!(!argv.is_empty(), "empty command");
     let program =

@@ -167,7 +167,7 @@ pub fn verify(
                 last_failure = e;
             }
         }
-        crate::base::crashpoint::hit("during-checks");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::DuringChecks);
         if Instant::now() + policy.interval > deadline {
             return Ok(Err(format!(
                 "not healthy within {} ({} consecutive passes needed); last failure: {last_failure}",
@@ -182,7 +182,7 @@ pub fn verify(
     let healthy_at = start.elapsed();
     let bake_end = Instant::now() + bake_for;
     while Instant::now() < bake_end {
-        crate::base::crashpoint::hit("during-bake");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::DuringBake);
         progress::set_activity(format!(
             "deploying {version} (baking, {} left)",
             fmt_secs(bake_end.saturating_duration_since(Instant::now()))

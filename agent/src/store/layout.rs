@@ -176,7 +176,7 @@ impl Store {
         let tmp = self.root.join(&tmp_name);
         let target = Path::new("releases").join(version.as_str());
         std::os::unix::fs::symlink(&target, &tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        crate::base::crashpoint::hit("after-temp-symlink");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterTempSymlink);
         let link = self.current_link();
         if let Ok(m) = std::fs::symlink_metadata(&link) {
             if !m.file_type().is_symlink() {
@@ -199,7 +199,7 @@ impl Store {
         std::fs::rename(&from, &trash)
             .with_context(|| format!("renaming {} to {}", from.display(), trash.display()))?;
         fsutil::fsync_dir(&self.releases_dir())?;
-        crate::base::crashpoint::hit("prune-after-trash-rename");
+        crate::base::crashpoint::hit(crate::base::crashpoint::Point::PruneAfterTrashRename);
         remove_tree(&trash)
     }
 

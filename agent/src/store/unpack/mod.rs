@@ -9,9 +9,12 @@
 //! policy (`links`), so nothing is ever written through one. Any refusal aborts the whole archive: the caller
 //! removes the staging directory.
 
+mod compression;
+mod error;
 mod format;
 mod limits;
 mod links;
+mod pax;
 mod tree;
 
 use std::io::{self, Read};
@@ -22,142 +25,16 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::base::fsutil::open_beneath;
+use compression::{not_zstd, zstd_error, ZstdErrors};
+use error::{display_bytes, Here};
+pub use error::{Refusal, UnpackError};
 pub use limits::Limits;
 pub use links::LinkPolicy;
+use pax::{parse_global_pax, parse_pax};
+use tree::{dir_mode, file_mode};
 
 use format::{Blocks, DataError, Header, Short};
 use tree::{normalize, Comps, Node, PathMap, Tree};
-
-/// Why an archive was refused. Messages are lowercase and say what was wrong with the entry.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    #[error("a link target of {len} bytes is longer than the limit of {max}")]
-    LinkTargetTooLong { len: usize, max: usize },
-    #[error("absolute paths are refused")]
-    AbsolutePath,
-    #[error("`..` components are refused")]
-    ParentComponent,
-    #[error("the path is empty")]
-    EmptyPath,
-    #[error("the path contains a NUL byte")]
-    NulInPath,
-    #[error("the path is {len} bytes long (limit {max})")]
-    PathTooLong { len: usize, max: usize },
-    #[error("a path component is longer than 255 bytes")]
-    NameTooLong,
-    #[error("the path is {depth} levels deep (limit {max})")]
-    TooDeep { depth: usize, max: usize },
-    #[error("the path appears twice in the archive, as a link the second time (only a regular file may replace a regular file)")]
-    Duplicate,
-    #[error("the path appears twice with a different type")]
-    TypeChange,
-    #[error("the path goes through `{through}`, which is not a directory of the archive")]
-    ThroughNonDirectory { through: String },
-    #[error("symlink target `{target}` is absolute, outside the prefixes links may lead to (allowed: {allowed}; the app's `outside_links`)")]
-    SymlinkAbsolute { target: String, allowed: String },
-    #[error("symlink target `{target}` escapes the release (to {to}), outside the prefixes links may lead to (allowed: {allowed}; the app's `outside_links`)")]
-    SymlinkEscapes { target: String, to: String, allowed: String },
-    #[error("symlink target `{target}` is empty")]
-    SymlinkEmpty { target: String },
-    #[error("symlink target `{target}` resolves through too many links")]
-    SymlinkLoop { target: String },
-    #[error("hard link target `{target}` is outside the release")]
-    HardlinkOutside { target: String },
-    #[error("hard link target `{target}` has not appeared earlier in the archive")]
-    HardlinkUnseen { target: String },
-    #[error("hard link target `{target}` is not a regular file (hard links to directories and links are refused)")]
-    HardlinkNotFile { target: String },
-    #[error("the hard link has an empty target")]
-    HardlinkEmpty,
-    #[error("device nodes are refused")]
-    Device,
-    #[error("fifos are refused")]
-    Fifo,
-    #[error("sparse files are refused")]
-    Sparse,
-    #[error("unknown entry type {0:?}")]
-    UnknownType(char),
-    #[error(
-        "PAX record `{key}` is refused (extended attributes, ACLs, capabilities and sparse files are not unpacked)"
-    )]
-    PaxRefused { key: String },
-    #[error("PAX record `{key}` in a global header is refused (it would apply to every entry that follows)")]
-    PaxGlobalRefused { key: String },
-    #[error("malformed PAX record at byte {at} of the extended header")]
-    PaxMalformed { at: usize },
-    #[error("PAX `size` `{value}` is not a number")]
-    PaxSize { value: String },
-    #[error("the header's {field} field is not a number")]
-    BadField { field: &'static str },
-    #[error("a {what} record of {size} bytes exceeds the limit of {max} bytes")]
-    RecordTooLarge { what: &'static str, size: u64, max: u64 },
-    #[error("more than {max} entries")]
-    TooManyEntries { max: u64 },
-    #[error("unpacked size exceeds the limit of {max} bytes")]
-    TooLarge { max: u64 },
-    #[error("the archive is empty")]
-    Empty,
-    #[error("the stream is truncated: {what}")]
-    Truncated { what: String },
-    #[error("the stream is corrupt: {what}")]
-    Corrupt { what: String },
-    #[error("it is {format}, not zstd: releases are .tar.zst, tar compressed with zstd (`tar --zstd -cf`, or `switchback publish DIR`)")]
-    NotZstd { format: &'static str },
-    #[error("the zstd window exceeds the limit of {max} bytes")]
-    WindowTooLarge { max: u64 },
-    #[error("a second archive follows the end of the archive (a tar header at byte {at}); only one is unpacked, so it is refused rather than ignored")]
-    SecondArchive { at: u64 },
-    #[error("more than 1 MiB of data follows the end of the archive")]
-    TrailingData,
-    #[error("cannot write it")]
-    Write,
-    #[error("stopped: the agent is shutting down, or an operator cancelled the deploy")]
-    Stopped,
-}
-
-/// A refused or failed unpack: which entry (if any), where in the archive, and why. The OS error, if any, is the
-/// source.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", describe(entry.as_deref(), *offset, reason))]
-pub struct UnpackError {
-    pub entry: Option<String>,
-    /// Byte offset in the uncompressed archive: of the entry's header, or where the problem is.
-    pub offset: Option<u64>,
-    pub reason: Refusal,
-    #[source]
-    pub source: Option<io::Error>,
-}
-
-fn describe(entry: Option<&str>, offset: Option<u64>, reason: &Refusal) -> String {
-    match (entry, offset) {
-        (Some(e), Some(o)) => format!("entry `{e}` (header at byte {o}): {reason}"),
-        (Some(e), None) => format!("entry `{e}`: {reason}"),
-        (None, Some(o)) => format!("at byte {o}: {reason}"),
-        (None, None) => reason.to_string(),
-    }
-}
-
-/// The entry an error is about: its path and header offset.
-#[derive(Clone, Copy)]
-struct Here<'a> {
-    path: Option<&'a [u8]>,
-    offset: Option<u64>,
-}
-
-impl Here<'_> {
-    fn at(offset: u64) -> Here<'static> {
-        Here { path: None, offset: Some(offset) }
-    }
-    fn refuse(self, reason: Refusal) -> UnpackError {
-        UnpackError { entry: self.path.map(display_bytes), offset: self.offset, reason, source: None }
-    }
-    fn io(self, reason: Refusal, source: io::Error) -> UnpackError {
-        UnpackError { entry: self.path.map(display_bytes), offset: self.offset, reason, source: Some(source) }
-    }
-    fn write(self, source: io::Error) -> UnpackError {
-        self.io(Refusal::Write, source)
-    }
-}
 
 /// What was unpacked.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -171,10 +48,6 @@ pub struct Report {
     /// The sha256 of each regular file written, by inode (hard links share theirs), for the release's index.
     #[serde(skip)]
     pub hashes: crate::store::index::Hashes,
-}
-
-pub(crate) fn display_bytes(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).escape_debug().to_string()
 }
 
 /// Unpacks a zstd-compressed tar stream into the directory `dir` (normally a fresh, empty staging directory),
@@ -213,62 +86,6 @@ pub fn unpack_tar_zst_with<R: Read>(
     let window_log = 63 - limits.max_window.leading_zeros();
     decoder.window_log_max(window_log).map_err(corrupt)?;
     unpack_tar_with(ZstdErrors { inner: decoder, limits }, dir, limits, group, links)
-}
-
-/// What a stream that does not start like zstd is, when its first bytes say so.
-fn not_zstd(head: &[u8]) -> Option<&'static str> {
-    const ZSTD: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    // Skippable frames (0x184D2A50..5F, little-endian) may come first in a zstd stream.
-    let skippable = head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18];
-    if head.len() < 4 || head.starts_with(&ZSTD) || skippable {
-        return None;
-    }
-    Some(if head.starts_with(&[0x1f, 0x8b]) {
-        "a gzip stream (.tar.gz)"
-    } else if head.starts_with(b"BZh") {
-        "a bzip2 stream (.tar.bz2)"
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        "an xz stream (.tar.xz)"
-    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
-        "an lz4 stream"
-    } else if head.starts_with(b"PK\x03\x04") {
-        "a zip archive"
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        "an uncompressed tar archive"
-    } else {
-        // Unknown bytes: zstd itself says what is wrong with them (the stream is corrupt).
-        return None;
-    })
-}
-
-/// The zstd decoder's errors, as what they mean for the archive.
-struct ZstdErrors<'a, R> {
-    inner: R,
-    limits: &'a Limits,
-}
-
-impl<R: Read> Read for ZstdErrors<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).map_err(|e| {
-            let text = e.to_string();
-            if text.contains("too much memory") || text.contains("indowLog") {
-                io::Error::new(io::ErrorKind::OutOfMemory, format!("window over {}", self.limits.max_window))
-            } else if text.contains("incomplete frame") || e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "the zstd stream ends inside a frame")
-            } else {
-                io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {text}"))
-            }
-        })
-    }
-}
-
-fn zstd_error(e: io::Error, limits: &Limits) -> UnpackError {
-    let reason = match e.kind() {
-        io::ErrorKind::OutOfMemory => Refusal::WindowTooLarge { max: limits.max_window },
-        io::ErrorKind::UnexpectedEof => Refusal::Truncated { what: e.to_string() },
-        _ => Refusal::Corrupt { what: e.to_string() },
-    };
-    UnpackError { entry: None, offset: None, reason, source: Some(e) }
 }
 
 /// Unpacks an uncompressed tar stream, refusing every link that leaves the release. Exposed for tests and for the
@@ -479,7 +296,7 @@ impl Unpacker<'_> {
                     real_entries += 1;
                     let p = std::mem::take(&mut pending);
                     self.entry(blocks, &h, p)?;
-                    crate::base::crashpoint::hit("mid-unpack");
+                    crate::base::crashpoint::hit(crate::base::crashpoint::Point::MidUnpack);
                 }
             }
         }
@@ -702,77 +519,6 @@ impl Unpacker<'_> {
         }
         Ok(self.report)
     }
-}
-
-/// Releases are immutable: files lose every write bit and setuid/setgid/sticky, and stay readable by their owner
-/// (root). With a read group, the group gets the owner's read and execute bits.
-fn file_mode(mode: u32, group_reads: bool) -> u32 {
-    with_group((mode & 0o555) | 0o400, group_reads)
-}
-
-/// Directories keep owner write (root's, so that it can prune) but never group/world write or special bits.
-fn dir_mode(mode: u32, group_reads: bool) -> u32 {
-    with_group((mode & 0o755) | 0o700, group_reads)
-}
-
-fn with_group(mode: u32, group_reads: bool) -> u32 {
-    if group_reads {
-        mode | ((mode >> 3) & 0o050)
-    } else {
-        mode
-    }
-}
-
-/// Keys that would make us write something other than plain files, links and directories.
-fn refused_key(key: &str) -> bool {
-    key.starts_with("SCHILY.xattr.")
-        || key.starts_with("LIBARCHIVE.xattr.")
-        || key.starts_with("SCHILY.acl")
-        || key.starts_with("GNU.sparse")
-        || key.starts_with("SCHILY.fflags")
-        || key.starts_with("RHT.security")
-        || key.contains("capability")
-}
-
-/// A PAX extended header: path, linkpath and size are honoured (later records override earlier ones); times,
-/// owners and other informational keys are ignored.
-fn parse_pax(data: &[u8], pending: &mut Pending, offset: u64) -> Result<(), UnpackError> {
-    let here = Here::at(offset);
-    let records = format::pax_records(data).map_err(|at| here.refuse(Refusal::PaxMalformed { at }))?;
-    for r in records {
-        if refused_key(r.key) {
-            return Err(here.refuse(Refusal::PaxRefused { key: r.key.to_owned() }));
-        }
-        match r.key {
-            "path" => pending.pax_path = Some(r.value.to_vec()),
-            "linkpath" => pending.pax_link = Some(r.value.to_vec()),
-            "size" => {
-                let text = String::from_utf8_lossy(r.value).into_owned();
-                let size = text
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|_| r.value.iter().all(u8::is_ascii_digit))
-                    .ok_or_else(|| here.refuse(Refusal::PaxSize { value: text.escape_debug().to_string() }))?;
-                pending.pax_size = Some(size);
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// A global PAX header: only informational keys (git archive writes `comment` with the commit id).
-fn parse_global_pax(data: &[u8], offset: u64) -> Result<(), UnpackError> {
-    let here = Here::at(offset);
-    for r in format::pax_records(data).map_err(|at| here.refuse(Refusal::PaxMalformed { at }))? {
-        if refused_key(r.key) {
-            return Err(here.refuse(Refusal::PaxRefused { key: r.key.to_owned() }));
-        }
-        if matches!(r.key, "path" | "linkpath" | "size") {
-            return Err(here.refuse(Refusal::PaxGlobalRefused { key: r.key.to_owned() }));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

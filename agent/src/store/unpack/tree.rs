@@ -169,3 +169,22 @@ impl<'a> Tree<'a> {
         cur.ok_or_else(|| io::Error::other("empty path"))
     }
 }
+
+/// Releases are immutable: files lose every write bit and setuid/setgid/sticky, and stay readable by their owner
+/// (root). With a read group, the group gets the owner's read and execute bits.
+pub fn file_mode(mode: u32, group_reads: bool) -> u32 {
+    with_group((mode & 0o555) | 0o400, group_reads)
+}
+
+/// Directories keep owner write (root's, so that it can prune) but never group/world write or special bits.
+pub fn dir_mode(mode: u32, group_reads: bool) -> u32 {
+    with_group((mode & 0o755) | 0o700, group_reads)
+}
+
+fn with_group(mode: u32, group_reads: bool) -> u32 {
+    if group_reads {
+        mode | ((mode >> 3) & 0o050)
+    } else {
+        mode
+    }
+}

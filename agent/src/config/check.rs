@@ -1,0 +1,413 @@
+//! Loading the configuration: the file is read (as root only when nobody but root can change it), parsed, and
+//! every value checked once (durations, programs, URLs, owners, keys, names), so that what the rest of the crate
+//! sees is valid. Every error names the file, the key and what was expected.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::error::Error;
+
+/// Parses the `trusted_keys` entries (base64 minisign public keys, the second line of a `.pub` file).
+pub fn parse_keys(keys: &[String]) -> Result<Vec<minisign_verify::PublicKey>, String> {
+    keys.iter()
+        .map(|k| {
+            minisign_verify::PublicKey::from_base64(k.trim())
+                .map_err(|e| format!("`{k}` is not a minisign public key ({e})"))
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads and validates the file. Every error names the file.
+    /// As root, only a file that nobody but root can change is read (see [`crate::base::trust`]): a delegated
+    /// `sudo switchback ...` cannot be pointed at a configuration of the caller's own.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let real = if crate::base::trust::running_as_root() {
+            crate::base::trust::only_root_can_change(path, "configuration")
+                .map_err(|message| Error::Config { path: path.to_owned(), message })?
+        } else {
+            path.to_owned()
+        };
+        let text = std::fs::read_to_string(&real)
+            .map_err(|e| Error::Config { path: path.to_owned(), message: format!("cannot read it: {e}") })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::Config { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        config.validate().map_err(|message| Error::Config { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    pub fn app(&self, name: &str) -> Result<&AppConfig, Error> {
+        self.apps.get(name).ok_or_else(|| Error::UnknownApp {
+            app: name.to_owned(),
+            known: if self.apps.is_empty() {
+                "none".to_owned()
+            } else {
+                self.apps.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+
+    /// Checks that cannot be expressed in the types. Messages name the key.
+    fn validate(&self) -> Result<(), String> {
+        if !self.agent.state_dir.is_absolute() {
+            return Err(format!("agent.state_dir: expected an absolute path, got {}", self.agent.state_dir.display()));
+        }
+        if self.agent.poll_interval < Duration::from_millis(100) {
+            return Err(format!(
+                "agent.poll_interval: expected at least 100ms, got {}",
+                humantime::format_duration(self.agent.poll_interval)
+            ));
+        }
+        if let Some(g) = &self.agent.read_group {
+            crate::base::trust::group(g).map_err(|e| format!("agent.read_group: {e}"))?;
+        }
+        let mut roots: BTreeMap<&Path, &str> = BTreeMap::new();
+        for (name, app) in &self.apps {
+            let key = |k: &str| format!("apps.{name}.{k}");
+            if !valid_app_name(name) {
+                return Err(format!("apps.{name}: app names must match [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}"));
+            }
+            if !app.root.is_absolute() || app.root.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(format!(
+                    "{}: expected an absolute path without `..`, got {}",
+                    key("root"),
+                    app.root.display()
+                ));
+            }
+            if let Some(other) = roots.insert(&app.root, name) {
+                return Err(format!("{}: the same root is used by app `{other}`", key("root")));
+            }
+            if app.keep < 2 {
+                return Err(format!("{}: expected at least 2 (the current and the last good release)", key("keep")));
+            }
+            for p in &app.shared {
+                let ok =
+                    !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !ok {
+                    return Err(format!(
+                        "{}: `{}` must be a relative path without `.` or `..`",
+                        key("shared"),
+                        p.display()
+                    ));
+                }
+            }
+            for (k, url) in [("source", &app.source), ("endpoint", &app.endpoint)] {
+                if let Some(url) = url {
+                    no_credentials(url).map_err(|e| format!("{}: {e}", key(k)))?;
+                }
+            }
+            if let Some(src) = &app.source {
+                let scheme = src.split_once("://").map(|(s, _)| s);
+                if !matches!(scheme, Some("s3" | "gs" | "az" | "abfs" | "https" | "http" | "file")) {
+                    return Err(format!(
+                        "{}: `{}` must start with s3://, gs://, az://, https:// or file://",
+                        key("source"),
+                        crate::base::redact::url(src)
+                    ));
+                }
+                if scheme == Some("http") && !app.allow_http {
+                    return Err(format!("{}: plain http:// needs `allow_http = true`", key("source")));
+                }
+            }
+            if let Some(e) = &app.endpoint {
+                if e.starts_with("http://") && !app.allow_http {
+                    return Err(format!(
+                        "{}: `{}` is plain http, which sends request signatures and tokens in clear text; set \
+                         `allow_http = true` to allow it (loopback test servers), or use https://",
+                        key("endpoint"),
+                        crate::base::redact::url(e)
+                    ));
+                }
+            }
+            let d = &app.download;
+            if d.stall.is_zero() || d.deadline.is_zero() || d.attempts == 0 {
+                return Err(format!("{}: stall, deadline and attempts must be greater than zero", key("download")));
+            }
+            if let Some(inbox) = &app.inbox {
+                if !inbox.is_absolute() {
+                    return Err(format!("{}: expected an absolute path, got {}", key("inbox"), inbox.display()));
+                }
+            }
+            if (app.source.is_some() || app.inbox.is_some()) && app.trusted_keys.is_empty() {
+                return Err(format!(
+                    "{}: a `source` or `inbox` needs at least one key to verify manifests with",
+                    key("trusted_keys")
+                ));
+            }
+            parse_keys(&app.trusted_keys).map_err(|e| format!("{}: {e}", key("trusted_keys")))?;
+            if !valid_app_name(&app.channel) {
+                return Err(format!("{}: channel names must match [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}", key("channel")));
+            }
+            if let Some(owner) = &app.owner {
+                crate::base::owner::Owner::parse(owner).map_err(|e| format!("{}: {e}", key("owner")))?;
+            }
+            for p in &app.outside_links {
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                    return Err(format!(
+                        "{}: `{}` must be an absolute path without `..`",
+                        key("outside_links"),
+                        p.display()
+                    ));
+                }
+            }
+            if let Some(user) = &app.run_as {
+                crate::base::owner::Owner::parse(user).map_err(|e| format!("{}: {e}", key("run_as")))?;
+            }
+            if app.max_manifest_lifetime.is_zero() {
+                return Err(format!("{}: expected more than 0s", key("max_manifest_lifetime")));
+            }
+            let l = &app.limits;
+            if l.max_entries == 0 || l.max_unpacked == 0 || l.max_path_len == 0 || l.max_depth == 0 {
+                return Err(format!("{}: limits must be greater than zero", key("limits")));
+            }
+            if l.max_window < 1 << 10 || l.max_window > 1 << 31 {
+                return Err(format!("{}: expected between 1KiB and 2GiB", key("limits.max_window")));
+            }
+            if let Some(svc) = &app.service {
+                match (&svc.unit, &svc.restart) {
+                    (Some(_), Some(_)) => {
+                        return Err(format!("{}: set either `unit` or `restart`, not both", key("service")))
+                    }
+                    (None, None) => return Err(format!("{}: expected `unit` or `restart`", key("service"))),
+                    (None, Some(argv)) if argv.is_empty() => {
+                        return Err(format!("{}: expected a non-empty command", key("service.restart")))
+                    }
+                    (None, Some(_)) if svc.reload => {
+                        return Err(format!("{}: `reload` only applies to a systemd `unit`", key("service.reload")))
+                    }
+                    _ => {}
+                }
+            }
+            for (i, c) in app.checks.iter().enumerate() {
+                let kinds = [c.http.is_some(), c.tcp.is_some(), c.exec.is_some(), c.unit_active.is_some()];
+                let k = key(&format!("checks[{i}]"));
+                if kinds.iter().filter(|x| **x).count() != 1 {
+                    return Err(format!("{k}: expected exactly one of `http`, `tcp`, `exec`, `unit_active`"));
+                }
+                if (c.expect_status.is_some() || c.body_contains.is_some()) && c.http.is_none() {
+                    return Err(format!("{k}: `expect_status` and `body_contains` apply to `http` checks only"));
+                }
+                if let Some(url) = &c.http {
+                    if !url.starts_with("http://") {
+                        return Err(format!("{k}.http: expected an http:// URL, got `{url}`"));
+                    }
+                }
+                if let Some(addr) = &c.tcp {
+                    if !addr.contains(':') {
+                        return Err(format!("{k}.tcp: expected HOST:PORT, got `{addr}`"));
+                    }
+                }
+                if matches!(&c.exec, Some(argv) if argv.is_empty()) {
+                    return Err(format!("{k}.exec: expected a non-empty command"));
+                }
+                if c.unit_active == Some(true) && app.service.as_ref().and_then(|s| s.unit.as_ref()).is_none() {
+                    return Err(format!("{k}.unit_active: the app has no systemd `service.unit`"));
+                }
+            }
+            for (k, t) in [
+                ("health.deadline", app.health.deadline),
+                ("hooks.timeout", app.hooks.timeout),
+                ("max_manifest_lifetime", app.max_manifest_lifetime),
+            ]
+            .into_iter()
+            .chain(app.service.as_ref().map(|s| ("service.timeout", s.timeout)))
+            .chain(app.checks.iter().map(|c| ("checks[].timeout", c.timeout)))
+            {
+                if t.is_zero() {
+                    return Err(format!("{}: expected more than 0s", key(k)));
+                }
+            }
+            if let Some(argv) = app.service.as_ref().and_then(|s| s.restart.as_ref()) {
+                program_exists(&argv[0]).map_err(|e| format!("{}: {e}", key("service.restart")))?;
+            }
+            for (hook, argv) in [
+                ("before_activate", &app.hooks.before_activate),
+                ("after_activate", &app.hooks.after_activate),
+                ("after_rollback", &app.hooks.after_rollback),
+            ] {
+                if let Some(p) = argv.as_ref().and_then(|a| a.first()) {
+                    program_exists(p).map_err(|e| format!("{}: {e}", key(&format!("hooks.{hook}"))))?;
+                }
+            }
+            for (i, c) in app.checks.iter().enumerate() {
+                if let Some(p) = c.exec.as_ref().and_then(|a| a.first()) {
+                    program_exists(p).map_err(|e| format!("{}: {e}", key(&format!("checks[{i}].exec"))))?;
+                }
+            }
+            let h = &app.health;
+            if h.healthy_after == 0 {
+                return Err(format!("{}: expected at least 1", key("health.healthy_after")));
+            }
+            if h.interval.is_zero() {
+                return Err(format!("{}: expected more than 0s", key("health.interval")));
+            }
+            for (hook, argv) in [
+                ("before_activate", &app.hooks.before_activate),
+                ("after_activate", &app.hooks.after_activate),
+                ("after_rollback", &app.hooks.after_rollback),
+            ] {
+                if matches!(argv, Some(a) if a.is_empty()) {
+                    return Err(format!("{}: expected a non-empty command", key(&format!("hooks.{hook}"))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configured program must exist: an absolute path to an executable file, or a bare name found on `PATH`. A
+/// relative path with a slash is the release's own (it runs from the release directory) and is checked when it
+/// runs, against the release's index.
+fn program_exists(program: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.starts_with('/') {
+        return if executable(Path::new(program)) {
+            Ok(())
+        } else {
+            Err(format!("`{program}` is not an executable file on this host"))
+        };
+    }
+    if program.contains('/') {
+        return Ok(());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if std::env::split_paths(&path).any(|d| executable(&d.join(program))) {
+        Ok(())
+    } else {
+        Err(format!("`{program}` is not found on PATH on this host"))
+    }
+}
+
+/// Refuses a URL that carries credentials: a user or password, or a query string (where tokens such as Azure SAS
+/// signatures travel). Switchback never takes credentials from a URL (it would print and store them); they come
+/// from the environment or the instance.
+pub fn no_credentials(url: &str) -> Result<(), String> {
+    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "`{}` carries credentials (user:password@); switchback never reads them from a URL: use the \
+             environment (AWS_*, AZURE_*, GOOGLE_*) or the instance's credentials",
+            crate::base::redact::url(url)
+        ));
+    }
+    if parsed.query().is_some() {
+        return Err(format!(
+            "`{}` carries a query string, where tokens travel; switchback never reads credentials from a URL: use \
+             the environment (AWS_*, AZURE_*, GOOGLE_*) or the instance's credentials",
+            crate::base::redact::url(url)
+        ));
+    }
+    Ok(())
+}
+
+pub fn valid_app_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, Path::new("/etc/switchback/test.toml"))
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+[agent]
+state_dir = "/var/lib/switchback"
+poll_interval = "30s"
+
+[apps.web]
+root = "/srv/web"
+keep = 5
+shared = ["log", "storage", ".env"]
+limits = { max_unpacked = "4GiB", max_entries = 500000 }
+
+[apps.web.service]
+unit = "web.service"
+
+[[apps.web.checks]]
+http = "http://127.0.0.1:8080/healthz"
+expect_status = 200
+timeout = "2s"
+
+[apps.web.health]
+start_period = "5s"
+interval = "500ms"
+healthy_after = 3
+deadline = "60s"
+bake = "30s"
+
+[apps.web.hooks]
+before_activate = ["bin/migrate"]
+"#,
+        )
+        .unwrap();
+        let web = c.app("web").unwrap();
+        assert_eq!(web.limits.max_unpacked, 4 << 30);
+        assert_eq!(web.health.interval, Duration::from_millis(500));
+        assert_eq!(web.checks[0].expect_status, Some(200));
+        assert_eq!(c.agent.poll_interval, Duration::from_secs(30));
+        // Tables left out get the documented defaults, not zeroes.
+        let bare = parse("[apps.api]\nroot = \"/srv/api\"\n").unwrap();
+        let api = bare.app("api").unwrap();
+        assert_eq!(api.hooks.timeout, Duration::from_secs(300));
+        assert_eq!(api.health.deadline, Duration::from_secs(60));
+        assert_eq!(api.limits.max_entries, 500_000);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse("[apps.web]\nroot = \"/srv/web\"\nkepp = 3\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/switchback/test.toml"), "{err}");
+        assert!(err.contains("kepp"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_size_say_what_is_expected() {
+        let err =
+            parse("[apps.web]\nroot = \"/srv/web\"\n[apps.web.health]\ninterval = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("invalid duration `soon`") && err.contains("interval"), "{err}");
+        let err =
+            parse("[apps.web]\nroot = \"/srv/web\"\nlimits = { max_unpacked = \"lots\" }\n").unwrap_err().to_string();
+        assert!(err.contains("invalid size `lots`") && err.contains("max_unpacked"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        for (text, key) in [
+            ("[apps.web]\nroot = \"srv/web\"\n", "apps.web.root"),
+            ("[apps.web]\nroot = \"/srv/web\"\nkeep = 1\n", "apps.web.keep"),
+            ("[apps.web]\nroot = \"/srv/web\"\nshared = [\"../etc\"]\n", "apps.web.shared"),
+            ("[apps.web]\nroot = \"/srv/web\"\n[[apps.web.checks]]\ntimeout = \"1s\"\n", "apps.web.checks[0]"),
+            ("[apps.web]\nroot = \"/srv/web\"\n[apps.web.service]\nreload = true\n", "apps.web.service"),
+            ("[apps.a]\nroot = \"/srv/x\"\n[apps.b]\nroot = \"/srv/x\"\n", "apps.b.root"),
+            ("[apps.\"a/b\"]\nroot = \"/srv/x\"\n", "apps.a/b"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_app_lists_known_ones() {
+        let c = parse("[apps.web]\nroot = \"/srv/web\"\n[apps.api]\nroot = \"/srv/api\"\n").unwrap();
+        let err = c.app("wbe").unwrap_err().to_string();
+        assert!(err.contains("api, web"), "{err}");
+    }
+}

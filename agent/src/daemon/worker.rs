@@ -1,0 +1,377 @@
+//! One app's worker: polls its channel (and wakes on its inbox), converges the app to what the accepted manifest
+//! names, checks the current release while idle, and says a repeating trouble once, then in summary. Every blocking
+//! step runs on the blocking pool, never on the async thread.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::app::App;
+use crate::base::fsutil;
+use crate::base::progress::{self, Worker};
+use crate::base::timeline::Timeline;
+use crate::engine::deploy::{self, DeployRequest};
+use crate::engine::pull::{self, Polled};
+use crate::engine::reconcile;
+use crate::error::Error;
+use crate::source::bucket::{Options, Source};
+
+use super::inbox::{scan_inbox, watch_inbox};
+
+/// Runs blocking app work on the blocking pool, on behalf of `worker`.
+pub(super) async fn blocking<T: Send + 'static>(
+    worker: &Arc<Worker>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let w = worker.clone();
+    tokio::task::spawn_blocking(move || progress::enter(&w, f))
+        .await
+        .map_err(|e| anyhow::anyhow!("worker task: {e}"))?
+}
+
+/// Per-worker memory: the ETag of the last manifest fetched, and the artifacts refused for good.
+#[derive(Default)]
+pub(super) struct Memory {
+    etag: Option<String>,
+    /// (version, sha256) whose artifact failed verification or unpacking: not fetched again until the channel
+    /// names something else.
+    refused: HashSet<(String, String)>,
+    /// The last reason logged for not deploying what the channel wants (logged once).
+    held: String,
+    /// A poll failure that repeats: logged once, then summarised.
+    trouble: Trouble,
+}
+
+/// A condition that may repeat at every poll (the bucket away, no manifest published): said when it starts, then
+/// summarised now and then (after 10 and 100 repeats, then every hour), and once more when it ends.
+#[derive(Default)]
+pub(super) struct Trouble {
+    current: Option<(String, u64, std::time::Instant, String)>,
+    last_summary: Option<std::time::Instant>,
+}
+
+impl Trouble {
+    fn report(&mut self, app: &str, now: Option<String>) {
+        match (now, self.current.take()) {
+            (None, None) => {}
+            (None, Some((what, n, _, since))) => {
+                tracing::info!("{app}: resolved after {n} poll(s) since {since}: {what}");
+                self.last_summary = None;
+            }
+            (Some(what), Some((same, n, started, since))) if same == what => {
+                let n = n + 1;
+                let hourly = self.last_summary.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600));
+                if n == 10 || n == 100 || (n > 100 && hourly) {
+                    tracing::warn!("{app}: still ({n} polls since {since}): {what}");
+                    self.last_summary = Some(std::time::Instant::now());
+                }
+                self.current = Some((what, n, started, since));
+            }
+            (Some(what), _) => {
+                tracing::warn!("{app}: {what}");
+                self.current = Some((what, 1, std::time::Instant::now(), fsutil::now_rfc3339()));
+                self.last_summary = None;
+            }
+        }
+    }
+}
+
+pub(super) async fn worker_loop(
+    mut cfg_rx: watch::Receiver<(App, Duration)>,
+    mut stop: watch::Receiver<bool>,
+    worker: Arc<Worker>,
+    ready: mpsc::Sender<()>,
+) {
+    let (mut app, mut poll) = cfg_rx.borrow_and_update().clone();
+    {
+        let a = app.clone();
+        if let Err(e) = blocking(&worker, move || {
+            let _lock = a.lock(Duration::from_secs(60), "reconcile")?;
+            reconcile::reconcile(&a, &mut Timeline::new(false)).map(|_| ())
+        })
+        .await
+        {
+            tracing::error!("{}: reconcile on start failed: {e:#}", app.name);
+        }
+        let _ = ready.send(()).await;
+    }
+    let mut mem = Memory::default();
+    loop {
+        let src = open_source(&app);
+        let (inbox_tx, mut inbox_rx) = mpsc::channel::<()>(1);
+        let _watcher = app.cfg.inbox.as_deref().and_then(|dir| watch_inbox(&app.name, dir, inbox_tx));
+        mem.etag = None;
+        // Work until the configuration changes or the daemon stops.
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Some(dir) = app.cfg.inbox.clone() {
+                scan_inbox(&app, &dir, src.as_ref(), &worker, &mut mem).await;
+            }
+            if let Some(src) = &src {
+                let polled = pull::poll_channel(&app, src, &mut mem.etag).await;
+                let now = fsutil::now_rfc3339();
+                let url = pull::channel_url(&app);
+                let (text, trouble) = match &polled {
+                    Ok(Polled::Unchanged) => ("unchanged".to_owned(), None),
+                    Ok(Polled::Missing) => {
+                        let t = format!("no manifest is published at {url}");
+                        (t.clone(), Some(t))
+                    }
+                    Ok(Polled::Accepted { version, new: true }) => {
+                        worker.set_refusal(None);
+                        (format!("accepted a new manifest: {version}"), None)
+                    }
+                    Ok(Polled::Accepted { version, new: false }) => (format!("manifest names {version}"), None),
+                    Ok(Polled::Refused { reason }) => {
+                        worker.set_refusal(Some(format!("{now} refused the manifest {url}: {reason}")));
+                        (format!("refused the manifest: {reason}"), None)
+                    }
+                    Err(e) => {
+                        let t = format!("poll failed ({url}): {e}");
+                        (t.clone(), Some(t))
+                    }
+                };
+                mem.trouble.report(&app.name, trouble);
+                worker.set_poll(format!("{now} {text}"));
+            }
+            if *stop.borrow() {
+                return;
+            }
+            converge(&app, src.as_ref(), &worker, &mut mem).await;
+            if !*stop.borrow() {
+                idle_health(&app, &worker).await;
+            }
+            let delay = poll.mul_f64(0.9 + fastrand::f64() * 0.2);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                Some(()) = inbox_rx.recv() => {
+                    // Let a burst of renames settle.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                changed = cfg_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    (app, poll) = cfg_rx.borrow_and_update().clone();
+                    break;
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Between deploys, the daemon checks the current release once per poll, so `status` says how it is now, not
+/// how it was when it went live. Nothing else follows from it: a release that turns unhealthy after its bake is
+/// reported, not rolled back (that is a person's call, or the next release's).
+pub(super) async fn idle_health(app: &App, worker: &Arc<Worker>) {
+    if app.cfg.checks.is_empty() {
+        return;
+    }
+    let a = app.clone();
+    let checked = blocking(worker, move || {
+        let Some(current) = a.store.current()? else { return Ok(None) };
+        let results = crate::engine::status::check_now(&a)?;
+        let failed = results.iter().find(|r| !r.ok);
+        Ok(Some(crate::base::verdict::HealthSummary {
+            at: fsutil::now_rfc3339(),
+            version: Some(current),
+            healthy: failed.is_none(),
+            detail: match failed {
+                Some(r) => format!("{}: {}", r.check, r.detail),
+                None => format!("{} check(s) passed", results.len()),
+            },
+        }))
+    })
+    .await;
+    match checked {
+        Ok(h) => {
+            if let Some(h) = h.as_ref().filter(|h| !h.healthy) {
+                if worker.health().is_none_or(|old| old.healthy) {
+                    tracing::warn!(
+                        "{}: {} is not healthy now: {}",
+                        app.name,
+                        h.version.as_ref().map_or("?", |v| v.as_str()),
+                        h.detail
+                    );
+                }
+            }
+            worker.set_health(h);
+        }
+        Err(e) => tracing::debug!("{}: idle check: {e:#}", app.name),
+    }
+}
+
+pub(super) fn open_source(app: &App) -> Option<Source> {
+    let url = app.cfg.source.as_deref()?;
+    match Source::open(url, &Options::of(&app.cfg)) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("{}: {e}", app.name);
+            None
+        }
+    }
+}
+
+/// Whether what the accepted manifest asks for is settled (done, or refused for good), or must be tried again
+/// later (busy, pinned, the bucket away, a shutdown): an inbox drop stays in the inbox until it is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Converged {
+    Settled,
+    Later,
+}
+
+/// Brings the app to what its accepted manifest names, unless that version is bad, the app is pinned elsewhere,
+/// or its artifact was refused.
+pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) -> Converged {
+    let a = app.clone();
+    let (state, on_disk) = match blocking(worker, move || Ok((a.load_state()?, a.store.on_disk()?))).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{}: {e:#}", app.name);
+            return Converged::Later;
+        }
+    };
+    let current = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
+    let Some(want) = state.channel.clone() else {
+        worker.set_activity(format!("on {current}; no manifest accepted yet"));
+        return Converged::Settled;
+    };
+    let v = want.version.clone();
+    let hold = |mem: &mut Memory, why: String| {
+        if mem.held != why {
+            tracing::warn!("{}: not deploying {v}: {why}", app.name);
+            mem.held = why.clone();
+        }
+        worker.set_activity(format!("on {current}; holding: {why}"));
+    };
+    use Converged::{Later, Settled};
+    if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
+        // The newest word on the current release: the daemon's idle check, else the deploy's.
+        let newest = worker.health().filter(|h| h.version.as_ref() == Some(&v)).or(state.last_health.clone());
+        let health = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map_or("", |h| {
+            if h.healthy {
+                " healthy"
+            } else {
+                " UNHEALTHY"
+            }
+        });
+        worker.set_activity(format!("on {v}{health}"));
+        return Settled;
+    }
+    if let Some(bad) = state.bad.get(&v) {
+        hold(mem, format!("{v} is marked bad ({})", bad.reason));
+        return Settled;
+    }
+    if let Some(pin) = &state.pin {
+        if pin.version != v {
+            hold(mem, format!("pinned to {}", pin.version));
+            return Later;
+        }
+    }
+    if want.expired(std::time::SystemTime::now()) {
+        hold(mem, format!("the manifest naming {v} expired at {}; waiting for a newer one", want.expires));
+        return Settled;
+    }
+    let key = (v.to_string(), want.sha256.clone());
+    if mem.refused.contains(&key) {
+        hold(mem, format!("the artifact of {v} was refused"));
+        return Settled;
+    }
+    mem.held.clear();
+    let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
+    let mut fetched = None;
+    let archive = if have {
+        // An artifact left from a deploy a shutdown interrupted is not needed any more.
+        let left = app.downloads_dir().join(format!("{}.tar.zst", want.sha256));
+        let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
+        None
+    } else {
+        worker.set_activity(format!("on {current}; downloading {v}"));
+        let w = worker.clone();
+        let (current2, v2) = (current.clone(), v.to_string());
+        let show =
+            move |n: u64, total: u64| w.set_activity(format!("on {current2}; {}", pull::progress_text(&v2, n, total)));
+        match pull::fetch_artifact(app, src, &want, &show).await {
+            Ok((p, took)) => {
+                crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterDownload);
+                fetched = took;
+                Some(p)
+            }
+            Err(e) => {
+                tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
+                worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
+                if matches!(e, Error::ArtifactMismatch { .. }) {
+                    worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
+                    mem.refused.insert(key);
+                    return Settled;
+                }
+                return Later;
+            }
+        }
+    };
+    worker.set_activity(format!("deploying {v}"));
+    let req = DeployRequest {
+        archive: archive.clone(),
+        expected: Some(deploy::Promise { sha256: want.sha256.clone(), size: want.size }),
+        version: v.clone(),
+        force: false,
+        reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
+        fetched,
+    };
+    let a = app.clone();
+    let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;
+    match &result {
+        Ok(out) => tracing::info!("{}: {} {} ({})", app.name, out.version, out.outcome, out.health),
+        Err(e) => {
+            let refused = matches!(
+                e.downcast_ref::<Error>(),
+                Some(
+                    Error::ArchiveRefused { .. }
+                        | Error::ArtifactMismatch { .. }
+                        | Error::ArtifactRefused { .. }
+                        | Error::VersionConflict { .. }
+                )
+            );
+            if refused {
+                mem.refused.insert(key);
+                worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e:#}", fsutil::now_rfc3339())));
+            }
+            tracing::warn!("{}: {e:#}", app.name);
+        }
+    }
+    // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
+    // the release was on disk); a release on disk never needs its artifact again.
+    let busy = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }));
+    let (a, w, v2) = (app.clone(), worker.clone(), v.clone());
+    let after = blocking(worker, move || {
+        w.clear_cancel();
+        let unused = busy || (progress::shutting_down() && !a.store.on_disk().unwrap_or_default().contains(&v2));
+        if let Some(p) = archive.filter(|p| p.starts_with(a.downloads_dir())) {
+            if !unused {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok((unused, a.load_state().unwrap_or_default()))
+    })
+    .await;
+    let (unused, state) = after.unwrap_or_default();
+    let now = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
+    worker.set_activity(match result {
+        Ok(_) => format!("on {now} healthy"),
+        Err(e) => format!("on {now}; deploy of {v} failed: {}", first_line(&format!("{e}"))),
+    });
+    if unused {
+        Later
+    } else {
+        Settled
+    }
+}
+
+pub(super) fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
