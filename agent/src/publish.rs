@@ -49,8 +49,7 @@ pub struct PublishOutcome {
     pub uploaded: bool,
 }
 
-pub fn publish(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn publish(req: &PublishRequest, rt: &tokio::runtime::Runtime) -> anyhow::Result<PublishOutcome> {
     rt.block_on(publish_async(req))
 }
 

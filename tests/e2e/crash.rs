@@ -279,29 +279,33 @@ const STAGING_AND_BEFORE_SWITCH: &[&str] =
 #[cfg(feature = "crash-points")]
 const LIVE_V2: &[&str] = &["deploy of v2", "interrupted at step checking", "v2 is healthy"];
 
+#[cfg(feature = "crash-points")]
+const DEPLOY_CASES: &[Case] = &[
+    // The command's event is saved and nothing changed: the next command records it as interrupted.
+    ("after-pending-event", "v1", &[]),
+    ("mid-unpack:1", "v1", STAGING_AND_BEFORE_SWITCH),
+    ("mid-unpack:14", "v1", STAGING_AND_BEFORE_SWITCH),
+    ("after-unpack", "v1", STAGING_AND_BEFORE_SWITCH),
+    ("after-staging-durable", "v1", STAGING_AND_BEFORE_SWITCH),
+    ("after-release-rename", "v1", BEFORE_SWITCH),
+    ("before-switch", "v1", BEFORE_SWITCH),
+    ("after-temp-symlink", "v1", &["removed leftovers", ".current.tmp-", "interrupted before the switch"]),
+    ("after-switch", "v2", &["deploy of v2", "interrupted at step switching", "v2 is healthy"]),
+    ("after-state-write", "v2", LIVE_V2),
+    ("during-restart", "v2", LIVE_V2),
+    ("after-restart", "v2", LIVE_V2),
+    ("during-checks", "v2", LIVE_V2),
+    ("during-bake", "v2", LIVE_V2),
+    // Committed: nothing to recover; the deploy's own event is recovered from its pending copy.
+    ("after-commit", "v2", &[]),
+    ("after-record", "v2", &[]),
+];
+
 /// A healthy deploy of v2 over v1, killed at each of its points.
 #[cfg(feature = "crash-points")]
 #[test]
 fn every_deploy_crash_point_converges() {
-    let cases: &[Case] = &[
-        ("mid-unpack:1", "v1", STAGING_AND_BEFORE_SWITCH),
-        ("mid-unpack:14", "v1", STAGING_AND_BEFORE_SWITCH),
-        ("after-unpack", "v1", STAGING_AND_BEFORE_SWITCH),
-        ("after-staging-durable", "v1", STAGING_AND_BEFORE_SWITCH),
-        ("after-release-rename", "v1", BEFORE_SWITCH),
-        ("before-switch", "v1", BEFORE_SWITCH),
-        ("after-temp-symlink", "v1", &["removed leftovers", ".current.tmp-", "interrupted before the switch"]),
-        ("after-switch", "v2", &["deploy of v2", "interrupted at step switching", "v2 is healthy"]),
-        ("after-state-write", "v2", LIVE_V2),
-        ("during-restart", "v2", LIVE_V2),
-        ("after-restart", "v2", LIVE_V2),
-        ("during-checks", "v2", LIVE_V2),
-        ("during-bake", "v2", LIVE_V2),
-        // Committed: nothing to recover; the deploy's own event is recovered from its pending copy.
-        ("after-commit", "v2", &[]),
-        ("after-record", "v2", &[]),
-    ];
-    in_pairs(cases, |case| {
+    in_pairs(DEPLOY_CASES, |case| {
         let h = Host::new();
         configure(&h, 10, FAST);
         deploy(&h, "v1", true).expect(0);
@@ -322,22 +326,24 @@ const FINISH_SWITCHING: &[&str] = &["rollback of v1", "interrupted at step switc
 #[cfg(feature = "crash-points")]
 const FINISH_CHECKING: &[&str] = &["rollback of v1", "interrupted at step checking", "v1 is healthy"];
 
+#[cfg(feature = "crash-points")]
+const ROLLBACK_CASES: &[Case] = &[
+    ("rollback-before-switch", "v2", FINISH_SWITCHING),
+    ("after-temp-symlink", "v2", &["removed leftovers", ".current.tmp-", "rollback of v1", "v1 is healthy"]),
+    ("rollback-after-switch", "v1", FINISH_SWITCHING),
+    ("rollback-after-state-write", "v1", FINISH_CHECKING),
+    ("during-restart", "v1", FINISH_CHECKING),
+    ("rollback-after-restart", "v1", FINISH_CHECKING),
+    ("during-checks", "v1", FINISH_CHECKING),
+    ("rollback-after-commit", "v1", &[]),
+    ("after-record", "v1", &[]),
+];
+
 /// A manual rollback from v2 to v1, killed at each of its points: the next command finishes the rollback.
 #[cfg(feature = "crash-points")]
 #[test]
 fn every_rollback_crash_point_converges() {
-    let cases: &[Case] = &[
-        ("rollback-before-switch", "v2", FINISH_SWITCHING),
-        ("after-temp-symlink", "v2", &["removed leftovers", ".current.tmp-", "rollback of v1", "v1 is healthy"]),
-        ("rollback-after-switch", "v1", FINISH_SWITCHING),
-        ("rollback-after-state-write", "v1", FINISH_CHECKING),
-        ("during-restart", "v1", FINISH_CHECKING),
-        ("rollback-after-restart", "v1", FINISH_CHECKING),
-        ("during-checks", "v1", FINISH_CHECKING),
-        ("rollback-after-commit", "v1", &[]),
-        ("after-record", "v1", &[]),
-    ];
-    in_pairs(cases, |case| {
+    in_pairs(ROLLBACK_CASES, |case| {
         let h = Host::new();
         configure(&h, 10, FAST);
         deploy(&h, "v1", true).expect(0);
@@ -351,23 +357,25 @@ fn every_rollback_crash_point_converges() {
     });
 }
 
+#[cfg(feature = "crash-points")]
+const AUTOMATIC_ROLLBACK_CASES: &[Case] = &[
+    // The reconcile re-verifies v2, which fails again, and rolls back.
+    ("during-checks", "v2", &["deploy of v2", "interrupted at step checking", "rolled back to `v1`"]),
+    ("rollback-before-switch", "v2", FINISH_SWITCHING),
+    // The second switch and the second restart are the rollback's.
+    ("after-temp-symlink:2", "v2", &["removed leftovers", ".current.tmp-", "rollback of v1", "v1 is healthy"]),
+    ("rollback-after-switch", "v1", FINISH_SWITCHING),
+    ("rollback-after-state-write", "v1", FINISH_CHECKING),
+    ("during-restart:2", "v1", FINISH_CHECKING),
+    ("rollback-after-restart", "v1", FINISH_CHECKING),
+    ("rollback-after-commit", "v1", &[]),
+];
+
 /// A deploy of an unhealthy v2, killed in its checks and at each point of the automatic rollback to v1.
 #[cfg(feature = "crash-points")]
 #[test]
 fn every_automatic_rollback_crash_point_converges() {
-    let cases: &[Case] = &[
-        // The reconcile re-verifies v2, which fails again, and rolls back.
-        ("during-checks", "v2", &["deploy of v2", "interrupted at step checking", "rolled back to `v1`"]),
-        ("rollback-before-switch", "v2", FINISH_SWITCHING),
-        // The second switch and the second restart are the rollback's.
-        ("after-temp-symlink:2", "v2", &["removed leftovers", ".current.tmp-", "rollback of v1", "v1 is healthy"]),
-        ("rollback-after-switch", "v1", FINISH_SWITCHING),
-        ("rollback-after-state-write", "v1", FINISH_CHECKING),
-        ("during-restart:2", "v1", FINISH_CHECKING),
-        ("rollback-after-restart", "v1", FINISH_CHECKING),
-        ("rollback-after-commit", "v1", &[]),
-    ];
-    in_pairs(cases, |case| {
+    in_pairs(AUTOMATIC_ROLLBACK_CASES, |case| {
         let h = Host::new();
         configure(&h, 10, FAST);
         deploy(&h, "v1", true).expect(0);
@@ -381,17 +389,20 @@ fn every_automatic_rollback_crash_point_converges() {
     });
 }
 
+#[cfg(feature = "crash-points")]
+const PRUNE_CASES: &[Case] = &[
+    ("after-pending-event", "v4", &[]),
+    ("prune-after-trash-rename", "v4", &["removed leftovers", ".trash-v2-"]),
+    // v2 is gone and recorded as gone: nothing to recover, the next prune removes v1.
+    ("prune-mid-remove", "v4", &[]),
+    ("prune-after-trash-rename:2", "v4", &["removed leftovers", ".trash-v1-"]),
+];
+
 /// `prune --keep 1` of v1..v4 (removing v2, then v1), killed between its steps; and the prune after a deploy.
 #[cfg(feature = "crash-points")]
 #[test]
 fn every_prune_crash_point_converges() {
-    let cases: &[Case] = &[
-        ("prune-after-trash-rename", "v4", &["removed leftovers", ".trash-v2-"]),
-        // v2 is gone and recorded as gone: nothing to recover, the next prune removes v1.
-        ("prune-mid-remove", "v4", &[]),
-        ("prune-after-trash-rename:2", "v4", &["removed leftovers", ".trash-v1-"]),
-    ];
-    in_pairs(cases, |case| {
+    in_pairs(PRUNE_CASES, |case| {
         let h = Host::new();
         configure(&h, 10, FAST);
         for v in ["v1", "v2", "v3", "v4"] {
@@ -476,6 +487,27 @@ fn a_hook_left_running_by_a_killed_agent_is_killed_by_the_next_command() {
 }
 
 /// The reconcile itself killed while it recovers an interrupted deploy: the command after it starts over.
+/// The points a test of their own kills at (the others are in the case tables above).
+const RECONCILE_MID_RECOVERY: &str = "reconcile-mid-recovery";
+const RECONCILE_AFTER_RECORD: &str = "reconcile-after-record";
+const AFTER_DOWNLOAD: &str = "after-download";
+
+/// Every crash point the agent has is killed at by one of the tests above: a new point without a test, or a test
+/// of a point that no longer exists, fails here.
+#[cfg(feature = "crash-points")]
+#[test]
+fn every_crash_point_is_killed_at() {
+    let tables = [DEPLOY_CASES, ROLLBACK_CASES, AUTOMATIC_ROLLBACK_CASES, PRUNE_CASES];
+    let mut killed: BTreeSet<&str> =
+        tables.iter().flat_map(|t| t.iter()).map(|c| c.0.split(':').next().unwrap()).collect();
+    killed.extend([RECONCILE_MID_RECOVERY, RECONCILE_AFTER_RECORD, AFTER_DOWNLOAD]);
+    let points: BTreeSet<&str> = switchback::crash_points().collect();
+    let untested: Vec<_> = points.difference(&killed).collect();
+    let unknown: Vec<_> = killed.difference(&points).collect();
+    assert!(untested.is_empty(), "crash points no test kills at: {untested:?}");
+    assert!(unknown.is_empty(), "the tests kill at points the agent does not have: {unknown:?}");
+}
+
 #[cfg(feature = "crash-points")]
 #[test]
 fn a_reconcile_killed_mid_recovery_is_recovered_again() {
@@ -487,14 +519,14 @@ fn a_reconcile_killed_mid_recovery_is_recovered_again() {
     assert_eq!(h.run_env(&args, &[("SWITCHBACK_CRASH_AT", "after-restart")]).code, -1);
     assert_eq!(assert_complete(&h), "v2");
     // Killed after re-verifying v2, before committing it or writing history.
-    let out = h.run_env(&["unpin", "web"], &[("SWITCHBACK_CRASH_AT", "reconcile-mid-recovery")]);
+    let out = h.run_env(&["unpin", "web"], &[("SWITCHBACK_CRASH_AT", RECONCILE_MID_RECOVERY)]);
     assert_eq!(out.code, -1, "{out:#?}");
     assert_eq!(assert_complete(&h), "v2");
     assert_eq!(recover_events(&h).len(), 0);
     assert_eq!(state(&h)["in_flight"]["version"], "v2", "still journaled");
     // Killed after writing the recovery to history, before saving the state: the event is there, and the next
     // command recovers (and says so) again rather than losing it.
-    let out = h.run_env(&["unpin", "web"], &[("SWITCHBACK_CRASH_AT", "reconcile-after-record")]);
+    let out = h.run_env(&["unpin", "web"], &[("SWITCHBACK_CRASH_AT", RECONCILE_AFTER_RECORD)]);
     assert_eq!(out.code, -1, "{out:#?}");
     let events = recover_events(&h);
     assert_eq!(events.len(), 1);
@@ -533,7 +565,7 @@ fn the_daemon_killed_after_a_download_converges() {
     wait_for("1.0.0 proven", Duration::from_secs(30), || proven("1.0.0"));
     assert_eq!(d.stop(), 0);
     publish_v("2.0.0");
-    let crash = [("SWITCHBACK_CRASH_AT".to_owned(), "after-download".to_owned())];
+    let crash = [("SWITCHBACK_CRASH_AT".to_owned(), AFTER_DOWNLOAD.to_owned())];
     let mut d = Daemon::start(&host, &crash);
     wait_for("the daemon killed after the download", Duration::from_secs(30), || !d.alive());
     let status = d.child.as_mut().unwrap().wait().unwrap();

@@ -1,6 +1,10 @@
 //! The command line: clap definitions and the dispatch to library operations. Output for people goes to stdout
 //! (progress to stderr); with `--json`, stdout carries one JSON document with a `schema` number.
 
+mod entry;
+
+pub use entry::{finish, init_logging, parse};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -209,13 +213,14 @@ pub fn stdout_closed(e: &anyhow::Error) -> bool {
 }
 
 /// Runs a parsed command; returns the exit code.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs the parsed command; async work runs on `rt`, the process's one runtime.
+pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
     let mut so = std::io::stdout();
     let print = !cli.quiet
         && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
     let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
     match &cli.command {
-        Command::Daemon => return crate::daemon::run(&config_path(&cli)),
+        Command::Daemon => return crate::daemon::run(&config_path(&cli), rt),
         Command::Keygen { out } => {
             let pk = crate::source::manifest::keygen(out)?;
             if cli.json {
@@ -226,23 +231,26 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         }
         Command::Publish(a) => {
-            let out = crate::publish::publish(&crate::publish::PublishRequest {
-                base: a.to.clone(),
-                app: a.app.clone(),
-                channel: a.channel.clone(),
-                version: version(&a.version)?,
-                key: a.key.clone(),
-                dir: a.dir.clone(),
-                file: a.file.clone(),
-                promote_only: a.promote_only,
-                expires_in: a.expires_in,
-                options: crate::source::bucket::Options {
-                    endpoint: a.endpoint.clone(),
-                    region: a.region.clone(),
-                    allow_http: a.allow_http,
-                    download: Default::default(),
+            let out = crate::publish::publish(
+                &crate::publish::PublishRequest {
+                    base: a.to.clone(),
+                    app: a.app.clone(),
+                    channel: a.channel.clone(),
+                    version: version(&a.version)?,
+                    key: a.key.clone(),
+                    dir: a.dir.clone(),
+                    file: a.file.clone(),
+                    promote_only: a.promote_only,
+                    expires_in: a.expires_in,
+                    options: crate::source::bucket::Options {
+                        endpoint: a.endpoint.clone(),
+                        region: a.region.clone(),
+                        allow_http: a.allow_http,
+                        download: Default::default(),
+                    },
                 },
-            })?;
+                rt,
+            )?;
             if cli.json {
                 print_json(&out)?;
             } else {
@@ -276,7 +284,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     cli.wait,
                     print,
                 )?,
-                None => crate::engine::pull::deploy_version(&app, &v, *force, reason.clone(), cli.wait, print)?,
+                None => crate::engine::pull::deploy_version(&app, &v, *force, reason.clone(), cli.wait, print, rt)?,
             };
             if cli.json {
                 print_json(&out)?;

@@ -42,15 +42,12 @@ struct Handle {
     written: Option<DaemonInfo>,
 }
 
-pub fn run(config_path: &Path) -> anyhow::Result<u8> {
+/// Runs the daemon on `rt` (the process's one runtime, built by `main`) until SIGTERM or SIGINT.
+pub fn run(config_path: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
     let config = Config::load(config_path)?;
     let group = config.agent.read_group.as_deref().map(crate::base::trust::group).transpose().map_err(Error::Usage)?;
     let _one = crate::statedir::lock::daemon_lock(&config.agent.state_dir, group)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let code = rt.block_on(serve(config_path.to_owned(), config));
-    // A worker given up on at shutdown (stuck) must not keep the process alive.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    code
+    rt.block_on(serve(config_path.to_owned(), config))
 }
 
 fn notify(states: &[NotifyState]) {

@@ -363,6 +363,10 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
     let now = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
     worker.set_activity(match result {
         Ok(_) => format!("on {now} healthy"),
+        // A rolled-back deploy's error already says "deploy of V ... failed": said once.
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::RolledBack { .. })) => {
+            format!("on {now}; {}", first_line(&format!("{e}")))
+        }
         Err(e) => format!("on {now}; deploy of {v} failed: {}", first_line(&format!("{e}"))),
     });
     if unused {

@@ -27,7 +27,8 @@ pub fn go_live(
     ev: &mut Event,
 ) -> anyhow::Result<Result<String, String>> {
     // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
-    let point = |deploy: crashpoint::Point, rollback: crashpoint::Point| if op == Op::Deploy { deploy } else { rollback };
+    let point =
+        |deploy: crashpoint::Point, rollback: crashpoint::Point| if op == Op::Deploy { deploy } else { rollback };
     // Nothing changes before the release is known to be the one that was verified (Error::NotVerified).
     let checked = crate::app::verify::check_release(app, target)?;
     tracing::debug!(
@@ -38,9 +39,9 @@ pub fn go_live(
     );
     state.begin(op, target, previous.cloned(), Step::Switching);
     app.save_state(state)?;
-    crashpoint::hit(point(crate::base::crashpoint::Point::BeforeSwitch, crate::base::crashpoint::Point::RollbackBeforeSwitch));
+    crashpoint::hit(point(crashpoint::Point::BeforeSwitch, crashpoint::Point::RollbackBeforeSwitch));
     tl.step("switch", || app.store.switch(target).map(|()| ((), Some(format!("current -> releases/{target}")))))?;
-    crashpoint::hit(point(crate::base::crashpoint::Point::AfterSwitch, crate::base::crashpoint::Point::RollbackAfterSwitch));
+    crashpoint::hit(point(crashpoint::Point::AfterSwitch, crashpoint::Point::RollbackAfterSwitch));
     state.step(Step::Checking);
     if let Err(e) = app.save_state(state) {
         // The journal cannot record that `target` is live (a full or failing state disk). Nothing was restarted
@@ -61,7 +62,7 @@ pub fn go_live(
         }
         return Err(e);
     }
-    crashpoint::hit(point(crate::base::crashpoint::Point::AfterStateWrite, crate::base::crashpoint::Point::RollbackAfterStateWrite));
+    crashpoint::hit(point(crashpoint::Point::AfterStateWrite, crashpoint::Point::RollbackAfterStateWrite));
 
     let release_dir = app.store.release_dir(target);
     let (v, prev) = (target.as_str(), previous.map(Version::as_str));
@@ -74,7 +75,7 @@ pub fn go_live(
         Ok(r) => r,
         Err(reason) => return Ok(Err(reason)),
     };
-    crashpoint::hit(point(crate::base::crashpoint::Point::AfterRestart, crate::base::crashpoint::Point::RollbackAfterRestart));
+    crashpoint::hit(point(crashpoint::Point::AfterRestart, crashpoint::Point::RollbackAfterRestart));
     if op == Op::Deploy {
         if let Err(reason) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
             return Ok(Err(reason));
@@ -153,7 +154,7 @@ fn fall_back_now(
         Ok(_) => {
             state.commit(&target);
             app.save_state(state)?;
-            crashpoint::hit(crate::base::crashpoint::Point::RollbackAfterCommit);
+            crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
             after_rollback(app, &target, failed, ev);
             Ok(Error::RolledBack {
                 app: app.name.clone(),
@@ -183,7 +184,7 @@ pub fn switch_to(
             state.bad.remove(target);
             state.commit(target);
             app.save_state(state)?;
-            crashpoint::hit(crate::base::crashpoint::Point::RollbackAfterCommit);
+            crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
             Ok(Ok(health))
         }
         Err(reason) => crate::base::progress::uncancellable(|| {
@@ -195,7 +196,7 @@ pub fn switch_to(
                 Ok(_) => {
                     state.commit(from);
                     app.save_state(state)?;
-                    crashpoint::hit(crate::base::crashpoint::Point::RollbackAfterCommit);
+                    crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
                     Ok(Err(Error::SwitchFailed {
                         app: app.name.clone(),
                         target: target.to_string(),

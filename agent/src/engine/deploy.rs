@@ -188,7 +188,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 state.bad.remove(v);
                 state.commit(v);
                 app.save_state(&state)?;
-                crashpoint::hit(crate::base::crashpoint::Point::AfterCommit);
+                crashpoint::hit(crashpoint::Point::AfterCommit);
                 let pruned = retention::prune_after_deploy(app, &mut state)?;
                 ev.removed = pruned.clone();
                 Ok(DeployOutcome {
@@ -256,7 +256,7 @@ fn stage_release(
                 (r, Some(d))
             })
         })?;
-        crashpoint::hit(crate::base::crashpoint::Point::AfterUnpack);
+        crashpoint::hit(crashpoint::Point::AfterUnpack);
         // The shared links are part of the release: made before the sync, so that they are as durable as the
         // unpacked files when the rename publishes the release (they used to be made after it).
         staging.link_shared(&app.store, &app.cfg.shared)?;
@@ -264,10 +264,10 @@ fn stage_release(
         let index = crate::store::index::path(&app.state_dir, v.as_str());
         crate::store::index::write(staging.fd(), staging.path(), v.as_str(), &report.hashes, &index, app.read_group)?;
         tl.step("sync", || staging.make_durable().map(|()| ((), None)))?;
-        crashpoint::hit(crate::base::crashpoint::Point::AfterStagingDurable);
+        crashpoint::hit(crashpoint::Point::AfterStagingDurable);
         staging.commit(&app.store, v)?;
         crate::app::verify::unpacked_now(app, v);
-        crashpoint::hit(crate::base::crashpoint::Point::AfterReleaseRename);
+        crashpoint::hit(crashpoint::Point::AfterReleaseRename);
         tracing::debug!("{}: unpacked {v}: {report:?}", app.name);
         Ok(())
     })();

@@ -221,6 +221,7 @@ pub fn deploy_version(
     reason: Option<String>,
     wait: Duration,
     print: bool,
+    rt: &tokio::runtime::Runtime,
 ) -> anyhow::Result<crate::engine::deploy::DeployOutcome> {
     let mut req = crate::engine::deploy::DeployRequest {
         archive: None,
@@ -241,7 +242,6 @@ pub fn deploy_version(
         ))
         .into());
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (path, sha, took) = rt.block_on(async {
         let src = Source::open(&url, &crate::source::bucket::Options::of(&app.cfg))?;
         let refusal = match poll_channel(app, &src, &mut None).await {

@@ -24,8 +24,16 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
         // The restart command runs as root: it is the configuration's. What of the release it runs is checked.
         crate::app::verify::check_exec(app, version, argv, release_dir)
             .map_err(|e| format!("restart command not run: {e:#}"))?;
-        let done = command::run_at(argv, release_dir, &env, svc.timeout, &app.state_dir, None, Some(crate::base::crashpoint::Point::DuringRestart))
-            .map_err(|e| format!("restart command: {e:#}"))?;
+        let done = command::run_at(
+            argv,
+            release_dir,
+            &env,
+            svc.timeout,
+            &app.state_dir,
+            None,
+            Some(crate::base::crashpoint::Point::DuringRestart),
+        )
+        .map_err(|e| format!("restart command: {e:#}"))?;
         if !done.success {
             return Err(format!(
                 "restart command {} ({})",
@@ -42,8 +50,16 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
     let unit = svc.unit.clone().unwrap_or_default();
     let verb = if svc.reload { "reload" } else { "restart" };
     let argv = vec!["systemctl".to_owned(), verb.to_owned(), unit.clone()];
-    let done = command::run_at(&argv, release_dir, &[], svc.timeout, &app.state_dir, None, Some(crate::base::crashpoint::Point::DuringRestart))
-        .map_err(|e| format!("systemctl {verb} {unit}: {e:#}"))?;
+    let done = command::run_at(
+        &argv,
+        release_dir,
+        &[],
+        svc.timeout,
+        &app.state_dir,
+        None,
+        Some(crate::base::crashpoint::Point::DuringRestart),
+    )
+    .map_err(|e| format!("systemctl {verb} {unit}: {e:#}"))?;
     if !done.success {
         return Err(format!("systemctl {verb} {unit}: {} ({})", done.status, done.tail.join(" / ")));
     }
