@@ -31,7 +31,7 @@ pub fn parse() -> Result<Cli, ExitCode> {
 }
 
 /// clap's message without its `error: ` prefix and its usage lines, on one line: what is wrong and with what
-/// ("the following required arguments were not provided: --version <VERSION>").
+/// ("the following required arguments were not provided: `--version <VERSION>`").
 fn usage_error_text(full: &str) -> String {
     let body = full.split("\nUsage:").next().unwrap_or(full);
     let words: Vec<&str> = body.lines().map(str::trim).filter(|l| !l.is_empty()).collect();

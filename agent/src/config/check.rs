@@ -21,7 +21,7 @@ pub fn parse_keys(keys: &[String]) -> Result<Vec<minisign_verify::PublicKey>, St
 
 impl Config {
     /// Reads and validates the file. Every error names the file.
-    /// As root, only a file that nobody but root can change is read (see [`crate::base::trust`]): a delegated
+    /// As root, only a file that nobody but root can change is read (see `base::trust`): a delegated
     /// `sudo switchback ...` cannot be pointed at a configuration of the caller's own.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let real = if crate::base::trust::running_as_root() {
