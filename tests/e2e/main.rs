@@ -16,3 +16,4 @@ mod hostile;
 mod nspawn;
 mod operations;
 mod security;
+mod snapshots;
