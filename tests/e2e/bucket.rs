@@ -24,6 +24,39 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// This host's clock as a Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The sequence of the manifest the app last accepted (`channel.sequence` in `status --json`).
+pub fn accepted_sequence(host: &Host) -> u64 {
+    let st = host.run(&["status", "web", "--json"]).json();
+    st["apps"][0]["channel"]["sequence"].as_u64().unwrap_or_else(|| panic!("no manifest accepted yet: {st:#}"))
+}
+
+/// Waits until this host's clock is past `sequence`. Sequences are Unix times, and a publish that cannot trust
+/// the channel's own (signed by another key, unsigned, far ahead, or a new base) takes the clock's: to be
+/// accepted, it must be above the one the agent accepted last.
+#[track_caller]
+pub fn wait_for_clock_past(sequence: u64) {
+    wait_for(&format!("the clock to pass sequence {sequence}"), Duration::from_secs(10), || unix_now() > sequence);
+}
+
+/// Waits until the daemon has finished the round of its loop that it is in at this call (the inbox, the poll, a
+/// deploy or a hold, then its idle check of the current release): its idle check, stamped to the second when
+/// done (`daemon.health.at` in `status --json`), is newer than the second of the call. Whatever it decided before
+/// the call has then been carried out. Needs checks configured and a current release.
+#[track_caller]
+pub fn wait_for_a_round(host: &Host) {
+    let called = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    wait_for("the daemon to finish a round of its loop", Duration::from_secs(30), || {
+        let st = host.run(&["status", "web", "--json"]).json();
+        // RFC 3339 UTC times of the same form compare as strings.
+        st["apps"][0]["daemon"]["health"]["at"].as_str().is_some_and(|at| at > called.as_str())
+    });
+}
+
 fn garage_bin() -> PathBuf {
     if let Some(p) =
         std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("garage")).find(|p| p.is_file())

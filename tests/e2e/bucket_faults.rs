@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bucket::{publish, release_dir, trust_new_key, wait_for, Daemon};
+use crate::bucket::{accepted_sequence, publish, release_dir, trust_new_key, wait_for, wait_for_clock_past, Daemon};
 use crate::harness::{Host, Service};
 
 const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
@@ -34,6 +34,8 @@ struct FaultyServer {
     port: u16,
     fault: Arc<Mutex<Fault>>,
     artifact_requests: Arc<AtomicU32>,
+    /// Requests for the channel manifest: the daemon's polls (with a retry or two when they fail).
+    manifest_requests: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 }
 
@@ -44,22 +46,23 @@ impl FaultyServer {
         let port = listener.local_addr().unwrap().port();
         let fault = Arc::new(Mutex::new(Fault::None));
         let artifact_requests = Arc::new(AtomicU32::new(0));
+        let manifest_requests = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, n, s) = (fault.clone(), artifact_requests.clone(), stop.clone());
+        let (f, n, m, s) = (fault.clone(), artifact_requests.clone(), manifest_requests.clone(), stop.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let (root, f, n, s) = (root.clone(), f.clone(), n.clone(), s.clone());
+                        let (root, f, n, m, s) = (root.clone(), f.clone(), n.clone(), m.clone(), s.clone());
                         std::thread::spawn(move || {
-                            let _ = serve(conn, &root, &f, &n, &s);
+                            let _ = serve(conn, &root, &f, (&n, &m), &s);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        FaultyServer { port, fault, artifact_requests, stop }
+        FaultyServer { port, fault, artifact_requests, manifest_requests, stop }
     }
 
     fn set(&self, fault: Fault) {
@@ -73,7 +76,14 @@ impl Drop for FaultyServer {
     }
 }
 
-fn serve(conn: TcpStream, root: &Path, fault: &Mutex<Fault>, n: &AtomicU32, stop: &AtomicBool) -> std::io::Result<()> {
+/// Answers one request; `(artifacts, manifests)` count the requests for each.
+fn serve(
+    conn: TcpStream,
+    root: &Path,
+    fault: &Mutex<Fault>,
+    (artifacts, manifests): (&AtomicU32, &AtomicU32),
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut first = String::new();
@@ -93,7 +103,10 @@ fn serve(conn: TcpStream, root: &Path, fault: &Mutex<Fault>, n: &AtomicU32, stop
     let fault = *fault.lock().unwrap();
     let artifact = path.ends_with(".tar.zst");
     if artifact {
-        n.fetch_add(1, Ordering::SeqCst);
+        artifacts.fetch_add(1, Ordering::SeqCst);
+    }
+    if path.ends_with("/channels/production.json") {
+        manifests.fetch_add(1, Ordering::SeqCst);
     }
     if fault == Fault::Errors {
         return write!(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -196,7 +209,6 @@ impl FaultyHost {
         for (name, data) in extra_files {
             std::fs::write(dir.join(name), data).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(1100));
         publish(&self.host, &[], &self.base, &self.key, version, &[dir.to_str().unwrap()]).expect(0);
     }
 
@@ -206,6 +218,13 @@ impl FaultyHost {
         self.publish(version, &[]);
         wait_for(version, LIVE, || self.host.current().as_deref() == Some(version));
         d
+    }
+
+    /// Waits until the daemon has polled `n` more times (counted by the server; a failed poll may count twice).
+    #[track_caller]
+    fn wait_polls(&self, n: u32) {
+        let from = self.server.manifest_requests.load(Ordering::SeqCst);
+        wait_for(&format!("{n} more polls"), LIVE, || self.server.manifest_requests.load(Ordering::SeqCst) >= from + n);
     }
 
     fn last_poll(&self) -> String {
@@ -243,7 +262,12 @@ fn server_errors_change_nothing_and_the_daemon_resumes_when_the_bucket_heals() {
     f.publish("2.0.0", &[]);
     wait_for("a failed poll", LIVE, || f.last_poll().contains("poll failed"));
     assert!(f.last_poll().contains("503"), "the error does not say what the server answered: {}", f.last_poll());
-    std::thread::sleep(Duration::from_secs(2));
+    // And a later one (polls are stamped to the second): the daemon goes on polling while the errors last.
+    let first = f.last_poll();
+    wait_for("another failed poll", LIVE, || {
+        let p = f.last_poll();
+        p != first && p.contains("poll failed")
+    });
     f.unchanged("2.0.0", "1.0.0");
     assert!(d.alive());
     f.server.set(Fault::None);
@@ -278,7 +302,7 @@ fn a_body_larger_than_the_manifest_says_is_refused_and_not_fetched_again() {
     f.publish("2.0.0", &[]);
     wait_for("the refusal", LIVE, || d.log().contains("the manifest says"));
     let fetches = f.server.artifact_requests.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(2));
+    f.wait_polls(3);
     assert_eq!(f.server.artifact_requests.load(Ordering::SeqCst), fetches, "the refused artifact is fetched again");
     f.unchanged("2.0.0", "1.0.0");
     assert!(d.alive());
@@ -345,7 +369,8 @@ fn clocks_far_off_refuse_or_order_manifests_safely() {
     wait_for("the refusal of a sequence far ahead", LIVE, || d.log().contains("ahead of this host's clock"));
     assert_eq!(f.host.current().as_deref(), Some("1.0.0"));
     let dir = release_dir(&f.host, "3.0.0", 200);
-    std::thread::sleep(Duration::from_millis(1100));
+    // The channel's sequence is not trusted (far ahead): publish takes the clock's.
+    wait_for_clock_past(accepted_sequence(&f.host));
     let out = publish(&f.host, &[], &f.base, &f.key, "3.0.0", &["--json", dir.to_str().unwrap()]);
     assert!(out.stderr.contains("ahead of this host's clock"), "publish says why it used the clock: {out:?}");
     let seq = out.expect(0).json()["sequence"].as_u64().unwrap();

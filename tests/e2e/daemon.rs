@@ -5,7 +5,10 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::bucket::{keygen, publish, release_dir, trust_new_key, wait_for, Azurite, Daemon, Garage, Proxy};
+use crate::bucket::{
+    accepted_sequence, keygen, publish, release_dir, trust_new_key, wait_for, wait_for_a_round, wait_for_clock_past,
+    Azurite, Daemon, Garage, Proxy,
+};
 use crate::harness::{Host, Service};
 
 pub(crate) const HEALTH: &str = "start_period = \"0s\"\ninterval = \"100ms\"\nhealthy_after = 2\ndeadline = \"5s\"";
@@ -73,6 +76,24 @@ impl S3Host {
         self.status()["bad"].as_array().unwrap().iter().map(|b| b["version"].as_str().unwrap().to_owned()).collect()
     }
 
+    /// What the daemon says it is doing for the app.
+    fn activity(&self) -> String {
+        self.status()["daemon"]["activity"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// The channel polls the proxy has seen (each poll is one GET of the manifest).
+    fn polls(&self) -> usize {
+        self.proxy.requests("GET /releases/web/channels/production.json ").len()
+    }
+
+    /// Waits until the daemon has begun `n` more polls: with 2, what it made of the poll after this call (and
+    /// of everything before) has been carried out, and it has polled again.
+    #[track_caller]
+    fn wait_polls(&self, n: usize) {
+        let from = self.polls();
+        wait_for(&format!("{n} more polls"), LIVE, || self.polls() >= from + n);
+    }
+
     pub(crate) fn wait_current(&self, version: &str) -> Duration {
         let start = Instant::now();
         wait_for(&format!("current to become {version}"), LIVE, || self.host.current().as_deref() == Some(version));
@@ -104,7 +125,11 @@ fn follows_the_channel_rolls_back_a_bad_release_and_a_manual_rollback_sticks() {
     // A manual rollback while the daemon runs sticks: the channel still names 3.0.0, which is now bad.
     s.host.run(&["rollback", "web", "--reason", "smoke"]).expect(0);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
-    std::thread::sleep(Duration::from_secs(3));
+    // The daemon's next decision holds 3.0.0 as bad, and it polls on without bringing it back.
+    wait_for("the daemon to hold 3.0.0 as bad", LIVE, || {
+        s.activity().contains("3.0.0 is marked bad") || s.host.current().as_deref() != Some("1.0.0")
+    });
+    s.wait_polls(2);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
     assert!(s.bad().contains(&"3.0.0".to_owned()));
     let st = s.status();
@@ -114,7 +139,11 @@ fn follows_the_channel_rolls_back_a_bad_release_and_a_manual_rollback_sticks() {
     // A pin holds the app until unpin.
     s.host.run(&["pin", "web", "1.0.0"]).expect(0);
     s.publish("4.0.0", 200);
-    std::thread::sleep(Duration::from_secs(3));
+    // 4.0.0 is accepted and held for the pin (until then the hold was for 3.0.0, which is bad), poll after poll.
+    wait_for("the daemon to hold 4.0.0 for the pin", LIVE, || {
+        s.activity().contains("pinned to 1.0.0") || s.host.current().as_deref() != Some("1.0.0")
+    });
+    s.wait_polls(2);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
     assert!(s.status()["daemon"]["activity"].as_str().unwrap().contains("pinned to 1.0.0"));
     s.host.run(&["unpin", "web"]).expect(0);
@@ -134,7 +163,8 @@ fn an_idle_poll_is_one_conditional_request() {
     let mut d = s.daemon();
     s.publish("1.0.0", 200);
     s.wait_current("1.0.0");
-    std::thread::sleep(Duration::from_secs(1));
+    // Idle from the first poll answered 304 on. The 4 s that follow are the measure: polls per unit of time.
+    wait_for("an idle poll", LIVE, || s.proxy.lines().iter().any(|l| l.starts_with("HTTP/") && l.contains(" 304 ")));
     let mark = s.proxy.lines().len();
     std::thread::sleep(Duration::from_secs(4));
     let lines: Vec<String> = s.proxy.lines()[mark..].to_vec();
@@ -185,8 +215,9 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     refusal("an untrusted key", "not among the trusted_keys", &mut d);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
 
-    // A newer manifest, then the old one copied back: a replay.
-    std::thread::sleep(Duration::from_millis(1100));
+    // A newer manifest, then the old one copied back: a replay. (The channel's manifest is the intruder's, so
+    // publish takes its sequence from the clock.)
+    wait_for_clock_past(accepted_sequence(&s.host));
     s.publish("3.0.0", 200);
     s.wait_current("3.0.0");
     bucket.put(sig, &old_s);
@@ -196,18 +227,21 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     // Expired: signed with a validity of one second, put in place after it ran out.
     let staging = Host::new();
     let base = format!("file://{}", staging.path().join("bucket").display());
-    std::thread::sleep(Duration::from_millis(1100));
+    // A new base: its first sequence comes from the clock.
+    wait_for_clock_past(accepted_sequence(&s.host));
     let dir4 = release_dir(&s.host, "4.0.0", 200);
     publish(&s.host, &[], &base, &s.key, "4.0.0", &["--expires-in", "1s", dir4.to_str().unwrap()]).expect(0);
-    std::thread::sleep(Duration::from_millis(1500));
     let staged = staging.path().join("bucket/web");
+    let staged_manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(staged.join("channels/production.json")).unwrap()).unwrap();
+    let expires = humantime::parse_rfc3339_weak(staged_manifest["expires"].as_str().unwrap()).unwrap();
+    wait_for("the staged manifest to expire", LIVE, || std::time::SystemTime::now() > expires);
     bucket.put("web/releases/4.0.0.tar.zst", &std::fs::read(staged.join("releases/4.0.0.tar.zst")).unwrap());
     bucket.put(sig, &std::fs::read(staged.join("channels/production.json.minisig")).unwrap());
     bucket.put(manifest, &std::fs::read(staged.join("channels/production.json")).unwrap());
     refusal("an expired manifest", "expired at", &mut d);
 
     // A valid manifest whose artifact in the bucket is not the one it names (same size, one byte flipped).
-    std::thread::sleep(Duration::from_millis(1100));
     let dir5 = release_dir(&s.host, "5.0.0", 200);
     publish(&s.host, &[], &base, &s.key, "5.0.0", &[dir5.to_str().unwrap()]).expect(0);
     let mut artifact = std::fs::read(staged.join("releases/5.0.0.tar.zst")).unwrap();
@@ -217,7 +251,7 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     bucket.put(sig, &std::fs::read(staged.join("channels/production.json.minisig")).unwrap());
     bucket.put(manifest, &std::fs::read(staged.join("channels/production.json")).unwrap());
     refusal("a corrupt artifact", "the manifest says", &mut d);
-    std::thread::sleep(Duration::from_secs(2));
+    s.wait_polls(2);
 
     // Nothing changed on the host: still 3.0.0, no release of the refused versions, no download left over.
     assert_eq!(s.host.current().as_deref(), Some("3.0.0"));
@@ -232,7 +266,7 @@ fn refused_manifests_and_a_corrupt_artifact_change_nothing() {
     assert!(left.is_empty(), "downloads left over: {left:?}");
     // The corrupt artifact is not fetched again at every poll.
     let fetches = s.proxy.requests("GET /releases/web/releases/5.0.0.tar.zst").len();
-    std::thread::sleep(Duration::from_secs(2));
+    s.wait_polls(3);
     assert_eq!(s.proxy.requests("GET /releases/web/releases/5.0.0.tar.zst").len(), fetches);
     assert_eq!(d.stop(), 0);
 }
@@ -271,10 +305,14 @@ fn a_bucket_outage_keeps_the_release_and_the_daemon_resumes() {
     s.publish("1.0.0", 200);
     s.wait_current("1.0.0");
     s.garage.stop();
-    wait_for("a failed poll", LIVE, || {
-        s.status()["daemon"]["last_poll"].as_str().unwrap_or("").contains("poll failed")
+    let last_poll = || s.status()["daemon"]["last_poll"].as_str().unwrap_or("").to_owned();
+    wait_for("a failed poll", LIVE, || last_poll().contains("poll failed"));
+    // And a later one (polls are stamped to the second): the daemon goes on polling through the outage.
+    let first = last_poll();
+    wait_for("another failed poll", LIVE, || {
+        let p = last_poll();
+        p != first && p.contains("poll failed")
     });
-    std::thread::sleep(Duration::from_secs(2));
     assert!(d.alive(), "the daemon died in the outage; log:\n{}", d.log());
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
     assert!(s.svc.get("/version.txt").unwrap().1.ends_with("1.0.0"));
@@ -303,10 +341,8 @@ fn a_manifest_that_expires_while_held_is_not_acted_on() {
         humantime::parse_rfc3339_weak(&expires).unwrap() < std::time::SystemTime::now()
     });
     s.host.run(&["unpin", "web"]).expect(0);
-    wait_for("the daemon to hold the expired manifest", LIVE, || {
-        s.status()["daemon"]["activity"].as_str().unwrap_or("").contains("expired")
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("the daemon to hold the expired manifest", LIVE, || s.activity().contains("expired"));
+    s.wait_polls(2);
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
     assert!(!s.host.release_dirs().contains(&"2.0.0".to_owned()), "an expired manifest's release was fetched");
     let human = s.host.run(&["status", "web"]).expect(0).stdout.clone();
@@ -348,7 +384,8 @@ fn follows_a_channel_in_azure_blob_storage() {
     wait_for("1.0.0 to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
     wait_served(&svc, "1.0.0");
 
-    std::thread::sleep(Duration::from_secs(1));
+    // Idle from the first poll answered 304 on. The 3 s that follow are the measure: polls per unit of time.
+    wait_for("an idle poll", LIVE, || proxy.lines().iter().any(|l| l.starts_with("HTTP/") && l.contains(" 304")));
     let mark = proxy.lines().len();
     std::thread::sleep(Duration::from_secs(3));
     let lines: Vec<String> = proxy.lines()[mark..].to_vec();
@@ -446,12 +483,15 @@ fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
     env.push(("SWITCHBACK_HANG_AT".to_owned(), "after-unpack".to_owned()));
     let mut d = Daemon::start(&host, &env);
     wait_for("the worker to hang", LIVE, || d.log().contains("hanging at crash point"));
-    // Pings may go on until the silence exceeds the watchdog interval; then none may come.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Pings may go on until the silence exceeds the watchdog interval; from the daemon's first word that it
+    // withholds them, none may come, through four more times that a ping was due (every 500 ms).
+    let withheld = |d: &Daemon| d.log().matches("withholding the watchdog ping").count();
+    wait_for("the daemon to withhold a ping", LIVE, || withheld(&d) > 0);
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 4096];
     while sock.recv(&mut buf).is_ok() {}
-    std::thread::sleep(Duration::from_secs(2));
+    let from = withheld(&d);
+    wait_for("four more pings withheld", LIVE, || withheld(&d) >= from + 4);
     let mut late = Vec::new();
     while let Ok(n) = sock.recv(&mut buf) {
         late.push(String::from_utf8_lossy(&buf[..n]).into_owned());
@@ -500,13 +540,12 @@ fn an_inbox_drop_is_deployed_at_once_held_while_pinned_and_a_bad_one_is_set_asid
 
     // A drop for a pinned app waits in the inbox until the pin is gone, then goes live.
     host.run(&["pin", "web", "1.0.0"]).expect(0);
-    std::thread::sleep(Duration::from_millis(1100));
     file_publish(&host, &key, &base, "2.0.0", 200, &[]);
     drop_in("2.0.0.tar.zst", published.join("releases/2.0.0.tar.zst"));
     drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
     drop_in("web.json", published.join("channels/production.json"));
     wait_for("the daemon to hold the drop", LIVE, || d.log().contains("not deploying 2.0.0: pinned to 1.0.0"));
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_a_round(&host);
     assert!(inbox.join("web.json").exists() && inbox.join("2.0.0.tar.zst").exists(), "a held drop was removed");
     assert_eq!(host.current().as_deref(), Some("1.0.0"));
     host.run(&["unpin", "web"]).expect(0);
@@ -514,7 +553,6 @@ fn an_inbox_drop_is_deployed_at_once_held_while_pinned_and_a_bad_one_is_set_asid
     wait_for("the inbox to be emptied again", LIVE, empty);
 
     // A manifest whose signature does not match is refused, set aside, and nothing changes.
-    std::thread::sleep(Duration::from_millis(1100));
     file_publish(&host, &key, &base, "3.0.0", 200, &[]);
     drop_in("3.0.0.tar.zst", published.join("releases/3.0.0.tar.zst"));
     drop_in("web.json.minisig", published.join("channels/production.json.minisig"));
@@ -554,7 +592,12 @@ fn a_manual_rollback_cancels_the_daemons_deploy_promptly() {
     let status = host.run(&["status", "web", "--json"]).json()["apps"][0].clone();
     let bad = status["bad"].as_array().unwrap();
     assert!(bad.iter().any(|b| b["version"] == "2.0.0"), "{status:#}");
-    std::thread::sleep(Duration::from_secs(2));
+    // The daemon's next decision holds 2.0.0 as bad.
+    wait_for("the daemon to hold 2.0.0 as bad", LIVE, || {
+        let st = host.run(&["status", "web", "--json"]).json();
+        st["apps"][0]["daemon"]["activity"].as_str().is_some_and(|a| a.contains("2.0.0 is marked bad"))
+            || host.current().as_deref() != Some("1.0.0")
+    });
     assert_eq!(host.current().as_deref(), Some("1.0.0"), "the daemon brought 2.0.0 back");
     assert!(!host.state_dir().join("cancel").exists());
     assert_eq!(d.stop(), 0);
@@ -587,8 +630,9 @@ fn publish_is_deterministic_immutable_minisign_compatible_and_can_promote() {
     let run = |b: &str| publish(&host, &[], b, &key, "1.0.0", &["--json", dir.to_str().unwrap()]);
     let first = run(&base).expect(0).json();
     // Same tree, other mtimes: the same bytes.
-    std::thread::sleep(Duration::from_millis(1100));
     std::fs::write(dir.join("version.txt"), "1.0.0").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(dir.join("version.txt")).unwrap().set_modified(an_hour_ago).unwrap();
     let second = run(&base2).expect(0).json();
     assert_eq!(first["sha256"], second["sha256"], "packing is not deterministic");
     // The same version with other content is refused: releases are immutable.
@@ -610,7 +654,6 @@ fn publish_is_deterministic_immutable_minisign_compatible_and_can_promote() {
     assert!(verify.status.success(), "minisign -V: {}", String::from_utf8_lossy(&verify.stderr));
 
     // Promotion: 2.0.0 is published, then the channel is pointed back at 1.0.0 with a higher sequence.
-    std::thread::sleep(Duration::from_millis(1100));
     file_publish(&host, &key, &base, "2.0.0", 200, &[]);
     let seq2: serde_json::Value = serde_json::from_slice(&std::fs::read(&channel).unwrap()).unwrap();
     let out = publish(&host, &[], &base, &key, "1.0.0", &["--promote-only", "--json"]);

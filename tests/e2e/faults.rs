@@ -546,6 +546,8 @@ fn concurrent_commands_with_a_running_daemon() {
     let ran = std::thread::scope(|s| {
         let publisher = s.spawn(|| {
             for v in ["d2", "d3"] {
+                // A schedule, not a wait: the channel moves twice while the commands run (the daemon may be busy
+                // or cancelled by them, so there is no poll to wait for).
                 std::thread::sleep(Duration::from_millis(700));
                 publish_v(v);
             }

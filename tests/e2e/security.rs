@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::bucket::{keygen, publish, release_dir, trust_new_key, wait_for, Daemon};
+use crate::bucket::{
+    accepted_sequence, keygen, publish, release_dir, trust_new_key, wait_for, wait_for_clock_past, Daemon,
+};
 use crate::harness::{Host, Out, Release, BIN};
 
 const LIVE: Duration = Duration::from_secs(30);
@@ -424,14 +426,17 @@ fn an_inbox_writer_cannot_change_the_archive_behind_a_signed_manifest() {
     assert!(std::fs::read(h.root().join("current/z.bin")).unwrap() == noise, "z.bin is not the signed content");
 
     // A signed manifest for 2.0.0, dropped with other bytes under its archive's name.
-    std::thread::sleep(Duration::from_millis(1100));
     let dir2 = release_dir(&h, "2.0.0", 200);
     publish(&h, &[], &base, &key, "2.0.0", &[dir2.to_str().unwrap()]).expect(0);
     let mut files = signed_drop(&h, "2.0.0");
     files[0].0 = evil.clone();
     drop_as(&u, &inbox, &files);
     wait_for("the daemon to refuse the other bytes", LIVE, || d.log().contains("does not match its manifest"));
-    std::thread::sleep(Duration::from_secs(1));
+    // Its next decision holds 2.0.0 for its refused artifact.
+    wait_for("the daemon to hold 2.0.0", LIVE, || {
+        status(&h)["daemon"]["activity"].as_str().is_some_and(|a| a.contains("the artifact of 2.0.0 was refused"))
+            || h.current().as_deref() != Some("1.0.0")
+    });
     assert_eq!(h.current().as_deref(), Some("1.0.0"));
     assert_eq!(h.read_current("version.txt"), "1.0.0");
     assert!(!h.release_dirs().contains(&"2.0.0".to_owned()), "{:?}", h.release_dirs());
@@ -521,8 +526,8 @@ fn a_bucket_writer_without_the_key_cannot_freeze_the_channel() {
     wait_for("the daemon to refuse the forged manifest", LIVE, || d.log().contains("not among the trusted_keys"));
     assert_eq!(h.current().as_deref(), Some("1.0.0"));
 
-    // CI publishes as usual: it warns, ignores the forged sequence, and the agent follows.
-    std::thread::sleep(Duration::from_millis(1100));
+    // CI publishes as usual: it warns, ignores the forged sequence (taking the clock's), and the agent follows.
+    wait_for_clock_past(accepted_sequence(&h));
     let out = publish_v("2.0.0", &[]);
     out.expect(0);
     assert!(out.stderr.contains("not signed by this key") || out.stderr.contains("not trusted"), "{}", out.stderr);
@@ -534,7 +539,7 @@ fn a_bucket_writer_without_the_key_cannot_freeze_the_channel() {
     std::fs::write(marks.join("unsigned.json.minisig"), "untrusted comment: none\nRWQ=\n").unwrap();
     put("unsigned.json");
     wait_for("the daemon to refuse the unsigned manifest", LIVE, || d.log().contains("unreadable signature"));
-    std::thread::sleep(Duration::from_millis(1100));
+    wait_for_clock_past(accepted_sequence(&h));
     let out = publish_v("3.0.0", &[]);
     assert!(out.expect(0).stderr.contains("not signed by this key"), "{}", out.stderr);
     assert!(out.json()["sequence"].as_u64().unwrap() < now + 2 * 86400, "{}", out.stdout);
