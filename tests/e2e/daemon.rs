@@ -475,6 +475,31 @@ fn speaks_the_systemd_notify_protocol() {
     assert_eq!(d.stop(), 0);
 }
 
+/// A service manager that stops reading its notify socket (a datagram socket: its queue holds a handful of
+/// messages, then a blocking sender waits) costs the daemon nothing: it goes on, and SIGTERM still stops it.
+#[test]
+fn a_notify_socket_nobody_reads_never_blocks_the_daemon() {
+    let (host, _svc, key, base) = file_host(HEALTH);
+    file_publish(&host, &key, &base, "1.0.0", 200, &[]);
+    let (sock, mut env) = notify_socket(&host);
+    env.retain(|(k, _)| k != "WATCHDOG_USEC");
+    env.push(("WATCHDOG_USEC".to_owned(), "200000".to_owned()));
+    let mut d = Daemon::start(&host, &env);
+    expect_notify(&sock, "READY=1", LIVE);
+    // From here on nobody reads: pings every 100 ms fill the queue within a second or two.
+    wait_for("1.0.0 to go live", LIVE, || host.current().as_deref() == Some("1.0.0"));
+    let polls = |h: &Host| h.run(&["--json", "status", "web"]).json()["apps"][0]["daemon"]["last_poll"].clone();
+    // Three polls later (1.5 s, some 15 messages unread), the daemon still polls and answers.
+    for _ in 0..3 {
+        let before = polls(&host);
+        wait_for("the daemon to poll again with its notify socket full", LIVE, || polls(&host) != before);
+    }
+    let start = Instant::now();
+    assert_eq!(d.stop(), 0);
+    assert!(start.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", start.elapsed());
+    drop(sock);
+}
+
 #[test]
 fn a_hung_worker_stops_the_watchdog_pings_and_a_restart_recovers() {
     let (host, _svc, key, base) = file_host(HEALTH);

@@ -50,9 +50,24 @@ pub fn run(config_path: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<u
     rt.block_on(serve(config_path.to_owned(), config))
 }
 
+/// Tells the service manager (`NOTIFY_SOCKET`) about `states`, without ever waiting: this runs on the async
+/// thread, and a datagram socket whose reader is behind (a busy manager, a test that stopped reading) would block
+/// the sender for as long, SIGTERM included. A message that does not fit now is dropped and said at debug level.
 fn notify(states: &[NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!("sd_notify: {e}");
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let msg: String = states.iter().map(|s| format!("{s}\n")).collect();
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|sock| {
+        sock.set_nonblocking(true)?;
+        sock.connect(&path)?;
+        sock.send(msg.as_bytes())
+    });
+    match sent {
+        Ok(n) if n == msg.len() => {}
+        Ok(n) => tracing::debug!("sd_notify: sent {n} of {} bytes", msg.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            tracing::debug!("sd_notify: the service manager is not reading its socket; dropped {}", msg.trim_end())
+        }
+        Err(e) => tracing::debug!("sd_notify: {e}"),
     }
 }
 
