@@ -82,21 +82,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
     ));
     let mut outcome = app.recorded(ev, &mut tl, |ev, tl| {
         let v = &req.version;
-        if let Some(bad) = state.bad.get(v) {
-            if !req.force {
-                return Err(Error::MarkedBad {
-                    app: app.name.clone(),
-                    version: v.to_string(),
-                    reason: bad.reason.clone(),
-                }
-                .into());
-            }
-        }
-        if let Some(pin) = &state.pin {
-            if &pin.version != v && !req.force {
-                return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
-            }
-        }
+        crate::engine::plan::may_switch_to(&state, v, req.force).map_err(|held| held.error(&app.name, v))?;
         let on_disk = app.store.on_disk()?;
         // The artifact is opened once, here: hashed, checked and unpacked from that one descriptor.
         let mut artifact = match &req.archive {

@@ -10,6 +10,7 @@ pub mod activate;
 pub mod clear;
 pub mod deploy;
 pub mod pin;
+pub mod plan;
 pub mod pull;
 pub mod reconcile;
 pub mod retention;

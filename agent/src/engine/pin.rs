@@ -32,14 +32,7 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait
     if !on_disk.contains(version) {
         return Err(Error::not_on_disk(&app.name, version, &on_disk).into());
     }
-    if let (Some(bad), false) = (state.bad.get(version), force) {
-        return Err(Error::MarkedBad {
-            app: app.name.clone(),
-            version: version.to_string(),
-            reason: bad.reason.clone(),
-        }
-        .into());
-    }
+    crate::engine::plan::not_bad(&state, version, force).map_err(|held| held.error(&app.name, version))?;
     let current = app.store.current()?;
     let mut ev = app.event("pin");
     ev.version = Some(version.to_string());

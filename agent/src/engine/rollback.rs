@@ -65,26 +65,12 @@ pub fn rollback(
         Some(v) if *v == current => {
             return Err(Error::Usage(format!("`{v}` is already the current release of `{}`", app.name)).into())
         }
-        Some(v) => {
-            if let (Some(bad), false) = (state.bad.get(v), force) {
-                return Err(Error::MarkedBad {
-                    app: app.name.clone(),
-                    version: v.to_string(),
-                    reason: bad.reason.clone(),
-                }
-                .into());
-            }
-            v.clone()
-        }
+        Some(v) => v.clone(),
         None => state
             .rollback_target(Some(&current), &on_disk)
             .ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?,
     };
-    if let Some(pin) = &state.pin {
-        if pin.version != target && !force {
-            return Err(Error::Pinned { app: app.name.clone(), pinned: pin.version.to_string() }.into());
-        }
-    }
+    crate::engine::plan::may_switch_to(&state, &target, force).map_err(|held| held.error(&app.name, &target))?;
     let mut ev = app.event("rollback");
     ev.version = Some(target.to_string());
     ev.previous = Some(current.to_string());
