@@ -116,6 +116,8 @@ fn follows_the_channel_rolls_back_a_bad_release_and_a_manual_rollback_sticks() {
     // A release that fails its checks is rolled back and marked bad; the daemon goes on.
     s.publish("2.0.0", 500);
     wait_for("2.0.0 to be marked bad", LIVE, || s.bad().contains(&"2.0.0".to_owned()));
+    // The mark comes just before the switch back: wait for the switch and for the service to answer from it.
+    s.wait_current("1.0.0");
     assert_eq!(s.host.current().as_deref(), Some("1.0.0"));
     assert!(d.alive());
 
