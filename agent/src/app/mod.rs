@@ -146,8 +146,9 @@ impl App {
         AppState::load(&self.state_path())
     }
 
-    pub fn save_state(&self, state: &AppState) -> anyhow::Result<()> {
-        state.save(&self.state_path(), self.read_group)
+    /// The state as the one writer of it holds it (under the app's lock).
+    pub fn journal(&self) -> anyhow::Result<crate::statedir::journal::Journal> {
+        crate::statedir::journal::Journal::load(self.state_path(), self.read_group)
     }
 
     pub fn record(&self, event: &Event) -> anyhow::Result<()> {

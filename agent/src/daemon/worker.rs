@@ -13,6 +13,7 @@ use crate::base::fsutil;
 use crate::base::progress::{self, Worker};
 use crate::base::timeline::Timeline;
 use crate::engine::deploy::{self, DeployRequest};
+use crate::engine::plan::{self, Converge};
 use crate::engine::pull::{self, Polled};
 use crate::engine::reconcile;
 use crate::error::Error;
@@ -225,8 +226,8 @@ pub(super) enum Converged {
     Later,
 }
 
-/// Brings the app to what its accepted manifest names, unless that version is bad, the app is pinned elsewhere,
-/// or its artifact was refused.
+/// Brings the app to what its accepted manifest names, as [`plan::converge`] decides (not a version marked bad,
+/// not away from a pin, not an expired manifest, not an artifact refused before).
 pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worker>, mem: &mut Memory) -> Converged {
     let a = app.clone();
     let (state, on_disk) = match blocking(worker, move || Ok((a.load_state()?, a.store.on_disk()?))).await {
@@ -237,53 +238,38 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
         }
     };
     let current = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
-    let Some(want) = state.channel.clone() else {
-        worker.set_activity(format!("on {current}; no manifest accepted yet"));
-        return Converged::Settled;
+    use Converged::{Later, Settled};
+    let (want, have) = match plan::converge(&state, &on_disk, &mem.refused, std::time::SystemTime::now()) {
+        Converge::NoManifest => {
+            worker.set_activity(format!("on {current}; no manifest accepted yet"));
+            return Settled;
+        }
+        Converge::OnIt { version: v } => {
+            // The newest word on the current release: the daemon's idle check, else the deploy's.
+            let newest = worker.health().filter(|h| h.version.as_ref() == Some(&v)).or(state.last_health.clone());
+            let health = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map_or("", |h| {
+                if h.healthy {
+                    " healthy"
+                } else {
+                    " UNHEALTHY"
+                }
+            });
+            worker.set_activity(format!("on {v}{health}"));
+            return Settled;
+        }
+        Converge::Hold { version: v, why, retry } => {
+            if mem.held != why {
+                tracing::warn!("{}: not deploying {v}: {why}", app.name);
+                mem.held = why.clone();
+            }
+            worker.set_activity(format!("on {current}; holding: {why}"));
+            return if retry { Later } else { Settled };
+        }
+        Converge::Deploy { want, on_disk } => (want, on_disk),
     };
     let v = want.version.clone();
-    let hold = |mem: &mut Memory, why: String| {
-        if mem.held != why {
-            tracing::warn!("{}: not deploying {v}: {why}", app.name);
-            mem.held = why.clone();
-        }
-        worker.set_activity(format!("on {current}; holding: {why}"));
-    };
-    use Converged::{Later, Settled};
-    if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
-        // The newest word on the current release: the daemon's idle check, else the deploy's.
-        let newest = worker.health().filter(|h| h.version.as_ref() == Some(&v)).or(state.last_health.clone());
-        let health = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map_or("", |h| {
-            if h.healthy {
-                " healthy"
-            } else {
-                " UNHEALTHY"
-            }
-        });
-        worker.set_activity(format!("on {v}{health}"));
-        return Settled;
-    }
-    if let Some(bad) = state.bad.get(&v) {
-        hold(mem, format!("{v} is marked bad ({})", bad.reason));
-        return Settled;
-    }
-    if let Some(pin) = &state.pin {
-        if pin.version != v {
-            hold(mem, format!("pinned to {}", pin.version));
-            return Later;
-        }
-    }
-    if want.expired(std::time::SystemTime::now()) {
-        hold(mem, format!("the manifest naming {v} expired at {}; waiting for a newer one", want.expires));
-        return Settled;
-    }
     let key = (v.to_string(), want.sha256.clone());
-    if mem.refused.contains(&key) {
-        hold(mem, format!("the artifact of {v} was refused"));
-        return Settled;
-    }
     mem.held.clear();
-    let have = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
     let mut fetched = None;
     let archive = if have {
         // An artifact left from a deploy a shutdown interrupted is not needed any more.

@@ -13,13 +13,14 @@ use crate::host::health;
 use crate::host::hooks::{self, Hook};
 use crate::host::service;
 use crate::statedir::history::Event;
-use crate::statedir::state::{AppState, Op, Step};
+use crate::statedir::journal::Journal;
+use crate::statedir::state::{Op, Step};
 
 /// Switches to `target`, restarts and verifies. The outer error is an I/O failure of our own; the inner result is
 /// the verdict (`Err` carries the reason the release is not healthy).
 pub fn go_live(
     app: &App,
-    state: &mut AppState,
+    state: &mut Journal,
     target: &Version,
     previous: Option<&Version>,
     op: Op,
@@ -37,13 +38,19 @@ pub fn go_live(
         checked.entries,
         checked.hashed
     );
-    state.begin(op, target, previous.cloned(), Step::Switching);
-    app.save_state(state)?;
-    crashpoint::hit(point(crashpoint::Point::BeforeSwitch, crashpoint::Point::RollbackBeforeSwitch));
+    state.begin(
+        op,
+        target,
+        previous,
+        Step::Switching,
+        Some(point(crashpoint::Point::BeforeSwitch, crashpoint::Point::RollbackBeforeSwitch)),
+    )?;
     tl.step("switch", || app.store.switch(target).map(|()| ((), Some(format!("current -> releases/{target}")))))?;
     crashpoint::hit(point(crashpoint::Point::AfterSwitch, crashpoint::Point::RollbackAfterSwitch));
-    state.step(Step::Checking);
-    if let Err(e) = app.save_state(state) {
+    if let Err(e) = state.advance(
+        Step::Checking,
+        Some(point(crashpoint::Point::AfterStateWrite, crashpoint::Point::RollbackAfterStateWrite)),
+    ) {
         // The journal cannot record that `target` is live (a full or failing state disk). Nothing was restarted
         // yet, so a deploy goes back to where it was: the command then fails with nothing changed, as its exit code
         // says, and the journal's last word (switching, not live) makes the next command clear it. Without this,
@@ -62,7 +69,6 @@ pub fn go_live(
         }
         return Err(e);
     }
-    crashpoint::hit(point(crashpoint::Point::AfterStateWrite, crashpoint::Point::RollbackAfterStateWrite));
 
     let release_dir = app.store.release_dir(target);
     let (v, prev) = (target.as_str(), previous.map(Version::as_str));
@@ -106,7 +112,7 @@ pub fn go_live(
 /// An operator's cancel request never interrupts this: the way back is what a cancel asks for.
 pub fn fall_back(
     app: &App,
-    state: &mut AppState,
+    state: &mut Journal,
     failed: &Version,
     reason: &str,
     tl: &mut Timeline,
@@ -117,7 +123,7 @@ pub fn fall_back(
 
 fn fall_back_now(
     app: &App,
-    state: &mut AppState,
+    state: &mut Journal,
     failed: &Version,
     reason: &str,
     tl: &mut Timeline,
@@ -135,7 +141,7 @@ fn fall_back_now(
             state.in_flight = None;
             state.current = app.store.current()?;
             state.degraded = Some(why.clone());
-            app.save_state(state)?;
+            state.save(None)?;
             return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
         };
         tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
@@ -152,9 +158,7 @@ fn fall_back_now(
     };
     match verdict {
         Ok(_) => {
-            state.commit(&target);
-            app.save_state(state)?;
-            crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
+            state.commit(&target, Some(crashpoint::Point::RollbackAfterCommit))?;
             after_rollback(app, &target, failed, ev);
             Ok(Error::RolledBack {
                 app: app.name.clone(),
@@ -173,7 +177,7 @@ fn fall_back_now(
 /// when `from` fails too does the app need a person ([`Error::RollbackFailed`], exit 4).
 pub fn switch_to(
     app: &App,
-    state: &mut AppState,
+    state: &mut Journal,
     target: &Version,
     from: &Version,
     tl: &mut Timeline,
@@ -182,9 +186,7 @@ pub fn switch_to(
     match go_live(app, state, target, Some(from), Op::Rollback, tl, ev)? {
         Ok(health) => {
             state.bad.remove(target);
-            state.commit(target);
-            app.save_state(state)?;
-            crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
+            state.commit(target, Some(crashpoint::Point::RollbackAfterCommit))?;
             Ok(Ok(health))
         }
         Err(reason) => crate::base::progress::uncancellable(|| {
@@ -194,9 +196,7 @@ pub fn switch_to(
             tl.note(&format!("{target} is not healthy ({reason}); going back to {from}"));
             match go_live(app, state, from, Some(target), Op::Rollback, tl, ev)? {
                 Ok(_) => {
-                    state.commit(from);
-                    app.save_state(state)?;
-                    crashpoint::hit(crashpoint::Point::RollbackAfterCommit);
+                    state.commit(from, Some(crashpoint::Point::RollbackAfterCommit))?;
                     Ok(Err(Error::SwitchFailed {
                         app: app.name.clone(),
                         target: target.to_string(),
@@ -211,13 +211,13 @@ pub fn switch_to(
 }
 
 /// A rollback's own checks failed: stay where we are (no flip-flop), say so loudly.
-pub fn degrade(app: &App, state: &mut AppState, at: &Version, reason: &str) -> anyhow::Result<Error> {
+pub fn degrade(app: &App, state: &mut Journal, at: &Version, reason: &str) -> anyhow::Result<Error> {
     let why = format!("the rollback to {at} switched and restarted, but {at} is not healthy either: {reason}");
     state.in_flight = None;
     state.mark_on_commit = None;
     state.current = Some(at.clone());
     state.degraded = Some(why.clone());
-    app.save_state(state)?;
+    state.save(None)?;
     tracing::error!("{}: {why}", app.name);
     Ok(Error::RollbackFailed { app: app.name.clone(), reason: why })
 }

@@ -70,7 +70,7 @@ pub fn clear(
         for v in &versions {
             state.bad.remove(v);
         }
-        app.save_state(&state)?;
+        state.save(None)?;
         Ok(Cleared { app: app.name.clone(), degraded, bad: versions.iter().map(ToString::to_string).collect() })
     })
 }

@@ -165,16 +165,13 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         let release_dir = app.store.release_dir(v);
         let prev = previous.as_ref().map(Version::as_str);
         if let Err(reason) = hooks::run_in(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir, tl, ev) {
-            state.in_flight = None;
-            app.save_state(&state)?;
+            state.abandon()?;
             anyhow::bail!("{reason}; nothing was activated");
         }
         match activate::go_live(app, &mut state, v, previous.as_ref(), Op::Deploy, tl, ev)? {
             Ok(health) => {
                 state.bad.remove(v);
-                state.commit(v);
-                app.save_state(&state)?;
-                crashpoint::hit(crashpoint::Point::AfterCommit);
+                state.commit(v, Some(crashpoint::Point::AfterCommit))?;
                 let pruned = retention::prune_after_deploy(app, &mut state)?;
                 ev.removed = pruned.clone();
                 Ok(DeployOutcome {
@@ -200,7 +197,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
 /// directory is removed and the journal cleared: nothing visible changed.
 fn stage_release(
     app: &App,
-    state: &mut crate::statedir::state::AppState,
+    state: &mut crate::statedir::journal::Journal,
     artifact: &mut Artifact,
     v: &Version,
     previous: Option<&Version>,
@@ -209,9 +206,8 @@ fn stage_release(
     preflight_space(app, artifact)?;
     // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
     // reconcile drops records of releases that never made it to disk.
-    state.record_release(v, &artifact.sha256, artifact.size);
-    state.begin(Op::Deploy, v, previous.cloned(), Step::Unpacking);
-    app.save_state(state)?;
+    state.record_release(v, &artifact.sha256, artifact.size, &crate::base::fsutil::now_rfc3339());
+    state.begin(Op::Deploy, v, previous, Step::Unpacking, None)?;
     let archive = artifact.shown.clone();
     let result = (|| -> anyhow::Result<()> {
         let staging = app.store.stage(v)?;
@@ -259,12 +255,10 @@ fn stage_release(
     })();
     if let Err(e) = result {
         state.releases.remove(v);
-        state.in_flight = None;
-        app.save_state(state)?;
+        state.abandon()?;
         return Err(e);
     }
-    state.step(Step::Released);
-    app.save_state(state)
+    state.advance(Step::Released, None)
 }
 
 /// An unpack that failed, by its consequence. Only a refusal of the archive itself is [`Error::ArchiveRefused`]

@@ -53,7 +53,7 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait
             by: ev.who.describe(),
             reason: reason.map(str::to_owned),
         });
-        app.save_state(&state)?;
+        state.save(None)?;
         Ok(out)
     })
 }
@@ -65,6 +65,6 @@ pub fn unpin(app: &App, wait: Duration) -> anyhow::Result<Option<String>> {
     let Some(old) = state.pin.take() else { return Ok(None) };
     let mut ev = app.event("unpin");
     ev.previous = Some(old.version.to_string());
-    app.recorded(ev, &mut tl, |_, _| app.save_state(&state))?;
+    app.recorded(ev, &mut tl, |_, _| state.save(None))?;
     Ok(Some(old.version.to_string()))
 }

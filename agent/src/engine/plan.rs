@@ -1,11 +1,20 @@
-//! The gate of every switch an operator or the daemon asks for, as a pure function of the state and the request:
-//! no disk, no clock, no process. A version marked bad is not switched to, and a pinned app is not moved to
-//! another version, unless the request is forced. (The other decisions on a state are pure too and live with it:
-//! [`AppState::rollback_target`] and [`AppState::prunable`].)
+//! The engine's decisions, as pure functions of the state and their inputs (no disk, no process; the clock is
+//! passed in), each tested against fixtures:
+//! - the gate of every switch an operator or the daemon asks for ([`may_switch_to`], [`not_bad`]): a version
+//!   marked bad is not switched to, and a pinned app is not moved to another version, unless forced;
+//! - what recovery does after a crash ([`recovery`]), from the journal and where `current` points;
+//! - what the daemon converges to ([`converge`]), from the state, the disk and the accepted manifest.
+//!
+//! The other decisions on a state are pure too and live with it: [`AppState::rollback_target`] and
+//! [`AppState::prunable`].
+
+use std::collections::HashSet;
+use std::time::SystemTime;
 
 use crate::base::version::Version;
 use crate::error::Error;
-use crate::statedir::state::AppState;
+use crate::source::manifest::Accepted;
+use crate::statedir::state::{AppState, InFlight, Op, Step};
 
 /// Why a switch to a version is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +51,81 @@ impl Held {
             Held::Pinned { pinned } => Error::Pinned { app: app.to_owned(), pinned: pinned.to_string() },
         }
     }
+}
+
+/// What a restart after a crash does about the operation the journal says was in flight.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    /// Nothing was in flight and the state agrees with `current`.
+    Nothing,
+    /// Nothing was in flight, but the state names another `current` than the symlink: the symlink is the truth.
+    Correct { recorded: Option<Version>, actual: Option<Version> },
+    /// Interrupted before the switch took effect: forgotten; the app is still on `actual`.
+    Forget { flight: InFlight, actual: Option<Version> },
+    /// Live but never proven, or a rollback (which is always finished): restart and verify it now. If it fails,
+    /// a deploy falls back to the last good release and a rollback degrades (it never flips back and forth).
+    Finish { flight: InFlight },
+}
+
+/// The recovery for `state` when `current` points at `actual`.
+pub fn recovery(state: &AppState, actual: Option<&Version>) -> Recovery {
+    let Some(f) = state.in_flight.clone() else {
+        return if state.current.as_ref() == actual {
+            Recovery::Nothing
+        } else {
+            Recovery::Correct { recorded: state.current.clone(), actual: actual.cloned() }
+        };
+    };
+    let live = actual == Some(&f.version);
+    match (f.op, f.step) {
+        (_, Step::Unpacking | Step::Released) | (Op::Deploy, Step::Switching | Step::Checking) if !live => {
+            Recovery::Forget { flight: f, actual: actual.cloned() }
+        }
+        _ => Recovery::Finish { flight: f },
+    }
+}
+
+/// What the daemon does about the version its accepted manifest names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Converge {
+    /// No manifest was accepted yet: nothing to converge to.
+    NoManifest,
+    /// The app is on that version, with nothing in flight.
+    OnIt { version: Version },
+    /// Not deploying it, and why; `retry` when the hold may lift without a new manifest (a pin), else settled.
+    Hold { version: Version, why: String, retry: bool },
+    /// Deploy it: from the release on disk when `on_disk`, else after fetching its artifact.
+    Deploy { want: Accepted, on_disk: bool },
+}
+
+/// The decision for `state` at `now`, given the releases on disk and the artifacts refused (by version and
+/// sha256) so far.
+pub fn converge(
+    state: &AppState,
+    on_disk: &[Version],
+    refused: &HashSet<(String, String)>,
+    now: SystemTime,
+) -> Converge {
+    let Some(want) = state.channel.clone() else { return Converge::NoManifest };
+    let v = want.version.clone();
+    let hold = |why: String, retry: bool| Converge::Hold { version: v.clone(), why, retry };
+    if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
+        return Converge::OnIt { version: v };
+    }
+    if let Err(held) = may_switch_to(state, &v, false) {
+        return match held {
+            Held::Bad { reason } => hold(format!("{v} is marked bad ({reason})"), false),
+            Held::Pinned { pinned } => hold(format!("pinned to {pinned}"), true),
+        };
+    }
+    if want.expired(now) {
+        return hold(format!("the manifest naming {v} expired at {}; waiting for a newer one", want.expires), false);
+    }
+    if refused.contains(&(v.to_string(), want.sha256.clone())) {
+        return hold(format!("the artifact of {v} was refused"), false);
+    }
+    let on_disk = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
+    Converge::Deploy { want, on_disk }
 }
 
 #[cfg(test)]
@@ -89,5 +173,123 @@ mod tests {
         assert!(matches!(may_switch_to(&s, &v("2.0.0"), false), Err(Held::Bad { .. })));
         let e = Held::Pinned { pinned: v("1.0.0") }.error("web", &v("1.1.0"));
         assert!(e.to_string().contains("pinned to `1.0.0`"), "{e}");
+    }
+
+    fn flight(op: Op, version: &str, previous: &str, step: Step) -> InFlight {
+        InFlight {
+            op,
+            version: v(version),
+            previous: Some(v(previous)),
+            step,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            pid: 42,
+        }
+    }
+
+    fn on(current: &str, f: Option<InFlight>) -> AppState {
+        AppState { current: Some(v(current)), in_flight: f, ..AppState::default() }
+    }
+
+    #[test]
+    fn recovery_forgets_a_deploy_that_never_went_live() {
+        for step in [Step::Unpacking, Step::Released, Step::Switching, Step::Checking] {
+            let f = flight(Op::Deploy, "2", "1", step);
+            let s = on("1", Some(f.clone()));
+            assert_eq!(recovery(&s, Some(&v("1"))), Recovery::Forget { flight: f, actual: Some(v("1")) }, "{step:?}");
+        }
+    }
+
+    #[test]
+    fn recovery_finishes_what_went_live_and_every_switching_rollback() {
+        // A deploy that is live (the switch happened, or it was checking) is verified, never assumed good.
+        for step in [Step::Switching, Step::Checking] {
+            let f = flight(Op::Deploy, "2", "1", step);
+            assert_eq!(recovery(&on("1", Some(f.clone())), Some(&v("2"))), Recovery::Finish { flight: f });
+        }
+        // A rollback interrupted at the switch is finished even before the symlink moved.
+        let f = flight(Op::Rollback, "1", "2", Step::Switching);
+        assert_eq!(recovery(&on("2", Some(f.clone())), Some(&v("2"))), Recovery::Finish { flight: f });
+        // A rollback still unpacking changed nothing.
+        let f = flight(Op::Rollback, "1", "2", Step::Unpacking);
+        assert!(matches!(recovery(&on("2", Some(f)), Some(&v("2"))), Recovery::Forget { .. }));
+    }
+
+    #[test]
+    fn recovery_trusts_the_symlink_over_the_state() {
+        assert_eq!(recovery(&on("1", None), Some(&v("1"))), Recovery::Nothing);
+        assert_eq!(recovery(&AppState::default(), None), Recovery::Nothing);
+        assert_eq!(
+            recovery(&on("1", None), Some(&v("2"))),
+            Recovery::Correct { recorded: Some(v("1")), actual: Some(v("2")) }
+        );
+    }
+
+    fn wanting(version: &str, expires: &str) -> AppState {
+        let mut s = on("1", None);
+        s.record_release(&v("1"), "aa", 1, "t");
+        s.channel = Some(Accepted {
+            sequence: 7,
+            version: v(version),
+            sha256: "bb".into(),
+            size: 2,
+            artifact: format!("releases/{version}.tar.zst"),
+            expires: expires.into(),
+            accepted_at: "2026-01-01T00:00:00Z".into(),
+            from: "s3://bucket/web/channels/stable.json".into(),
+        });
+        s
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    #[test]
+    fn converge_deploys_what_the_manifest_names_unless_held() {
+        let now = at("2026-06-01T00:00:00Z");
+        let none = HashSet::new();
+        let disk = [v("1")];
+        assert_eq!(converge(&on("1", None), &disk, &none, now), Converge::NoManifest);
+        let s = wanting("2", "2027-01-01T00:00:00Z");
+        assert!(matches!(converge(&s, &disk, &none, now), Converge::Deploy { on_disk: false, .. }));
+        // On disk with the same sha256: deployed from disk; with another one: fetched (and refused by deploy).
+        let mut s2 = s.clone();
+        s2.record_release(&v("2"), "bb", 2, "t");
+        assert!(matches!(converge(&s2, &[v("1"), v("2")], &none, now), Converge::Deploy { on_disk: true, .. }));
+        s2.releases.get_mut(&v("2")).unwrap().sha256 = "cc".into();
+        assert!(matches!(converge(&s2, &[v("1"), v("2")], &none, now), Converge::Deploy { on_disk: false, .. }));
+        // Already there.
+        let mut s3 = s.clone();
+        s3.current = Some(v("2"));
+        assert_eq!(converge(&s3, &disk, &none, now), Converge::OnIt { version: v("2") });
+        // ... but a deploy in flight towards it is not "there" yet.
+        s3.in_flight = Some(flight(Op::Deploy, "2", "1", Step::Checking));
+        assert!(matches!(converge(&s3, &disk, &none, now), Converge::Deploy { .. }));
+    }
+
+    #[test]
+    fn converge_holds_and_says_why() {
+        let now = at("2026-06-01T00:00:00Z");
+        let none = HashSet::new();
+        let s = wanting("2", "2027-01-01T00:00:00Z");
+        let held = |s: &AppState, refused: &HashSet<(String, String)>, now| match converge(s, &[v("1")], refused, now) {
+            Converge::Hold { why, retry, .. } => (why, retry),
+            other => panic!("not held: {other:?}"),
+        };
+        let mut bad = s.clone();
+        bad.mark_bad(&v("2"), "health checks failed", "t");
+        assert_eq!(held(&bad, &none, now), ("2 is marked bad (health checks failed)".into(), false));
+        let pinned = pinned(s.clone(), "1");
+        assert_eq!(held(&pinned, &none, now), ("pinned to 1".into(), true));
+        let late = at("2027-02-01T00:00:00Z");
+        assert_eq!(
+            held(&s, &none, late),
+            ("the manifest naming 2 expired at 2027-01-01T00:00:00Z; waiting for a newer one".into(), false)
+        );
+        let refused: HashSet<_> = [("2".to_owned(), "bb".to_owned())].into();
+        assert_eq!(held(&s, &refused, now), ("the artifact of 2 was refused".into(), false));
+        // Another artifact for the same version is not refused by the memory of the first.
+        let other: HashSet<_> = [("2".to_owned(), "zz".to_owned())].into();
+        assert!(matches!(converge(&s, &[v("1")], &other, now), Converge::Deploy { .. }));
     }
 }

@@ -88,7 +88,7 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
         return Err(AcceptError::Refused(r));
     }
     let _lock = app.lock(Duration::from_secs(2), "accept a manifest").map_err(AcceptError::Other)?;
-    let mut state = app.load_state().map_err(AcceptError::Other)?;
+    let mut state = app.journal().map_err(AcceptError::Other)?;
     let now = SystemTime::now();
     match manifest::check(
         bytes,
@@ -116,7 +116,7 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
             ev.reason = Some(format!("manifest {from}, sequence {}", accepted.sequence));
             state.channel = Some(accepted);
             let mut tl = crate::base::timeline::Timeline::new(false);
-            app.recorded(ev, &mut tl, |_, _| app.save_state(&state)).map_err(AcceptError::Other)?;
+            app.recorded(ev, &mut tl, |_, _| state.save(None)).map_err(AcceptError::Other)?;
             Ok(Polled::Accepted { version: m.version, new: true })
         }
         Err(r) => {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::base::timeline::Timeline;
 use crate::engine::reconcile;
-use crate::statedir::state::AppState;
+use crate::statedir::journal::Journal;
 
 #[derive(Debug, Serialize)]
 pub struct PruneOutcome {
@@ -34,7 +34,7 @@ pub fn prune(app: &App, keep: Option<usize>, wait: Duration, print: bool) -> any
 }
 
 /// After a successful deploy (under the lock already held).
-pub fn prune_after_deploy(app: &App, state: &mut AppState) -> anyhow::Result<Vec<String>> {
+pub fn prune_after_deploy(app: &App, state: &mut Journal) -> anyhow::Result<Vec<String>> {
     remove(app, state, app.cfg.keep)
 }
 
@@ -50,15 +50,14 @@ pub fn record_prune_after_deploy(app: &App, v: &str, removed: &[String]) -> anyh
     app.record(&ev)
 }
 
-fn remove(app: &App, state: &mut AppState, keep: usize) -> anyhow::Result<Vec<String>> {
+fn remove(app: &App, state: &mut Journal, keep: usize) -> anyhow::Result<Vec<String>> {
     let on_disk = app.store.on_disk()?;
     let mut removed = Vec::new();
     for v in state.prunable(&on_disk, keep) {
         app.store.remove_release(&v)?;
         let _ = std::fs::remove_file(crate::store::index::path(&app.state_dir, v.as_str()));
         state.releases.remove(&v);
-        app.save_state(state)?;
-        crate::base::crashpoint::hit(crate::base::crashpoint::Point::PruneMidRemove);
+        state.save(Some(crate::base::crashpoint::Point::PruneMidRemove))?;
         removed.push(v.to_string());
     }
     Ok(removed)

@@ -7,5 +7,6 @@
 
 pub mod history;
 pub mod info;
+pub mod journal;
 pub mod lock;
 pub mod state;

@@ -1,6 +1,7 @@
 //! The per-app state (`STATE_DIR/APP/state.json`) as a pure value. Transitions are plain methods that touch no
-//! disk; [`AppState::save`] is the one place that writes it (atomically and durably). The in-flight step is the
-//! intent journal: it is saved before the step takes effect, so a restart after a crash knows what to finish or undo.
+//! disk and read no clock (the time is passed in); [`crate::statedir::journal::Journal`] is the one writer. The
+//! in-flight step is the intent journal: it is saved before the step takes effect, so a restart after a crash
+//! knows what to finish or undo.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -123,43 +124,38 @@ impl AppState {
     }
 
     /// Writes the state atomically and durably; readable by `group` (the state directory's read group) when set.
-    pub fn save(&self, path: &Path, group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
+    pub(super) fn save(&self, path: &Path, group: Option<rustix::fs::Gid>) -> anyhow::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(self).context("serializing state")?;
         bytes.push(b'\n');
         fsutil::write_atomic_shared(path, &bytes, group).with_context(|| format!("saving {}", path.display()))
     }
 
-    pub fn begin(&mut self, op: Op, version: &Version, previous: Option<Version>, step: Step) {
-        self.in_flight = Some(InFlight {
-            op,
-            version: version.clone(),
-            previous,
-            step,
-            started_at: fsutil::now_rfc3339(),
-            pid: std::process::id(),
-        });
+    /// The operation `op` towards `version` is in flight, started `now` by `pid`.
+    pub fn begin(&mut self, op: Op, version: &Version, previous: Option<Version>, step: Step, now: &str, pid: u32) {
+        self.in_flight =
+            Some(InFlight { op, version: version.clone(), previous, step, started_at: now.to_owned(), pid });
     }
 
-    pub fn step(&mut self, step: Step) {
+    pub fn set_step(&mut self, step: Step) {
         if let Some(f) = self.in_flight.as_mut() {
             f.step = step;
         }
     }
 
-    pub fn record_release(&mut self, version: &Version, sha256: &str, size: u64) {
+    pub fn record_release(&mut self, version: &Version, sha256: &str, size: u64, now: &str) {
         self.releases.entry(version.clone()).or_insert_with(|| ReleaseRecord {
             sha256: sha256.to_owned(),
             size,
-            unpacked_at: fsutil::now_rfc3339(),
+            unpacked_at: now.to_owned(),
             good_seq: None,
         });
     }
 
     /// `version` is live and proven good.
-    pub fn commit(&mut self, version: &Version) {
+    pub fn commit(&mut self, version: &Version, now: &str) {
         if let Some(m) = self.mark_on_commit.take() {
             if m.version != *version {
-                self.mark_bad(&m.version, &m.reason);
+                self.mark_bad(&m.version, &m.reason, now);
             }
         }
         self.good_counter += 1;
@@ -172,8 +168,8 @@ impl AppState {
         self.degraded = None;
     }
 
-    pub fn mark_bad(&mut self, version: &Version, reason: &str) {
-        self.bad.insert(version.clone(), BadMark { at: fsutil::now_rfc3339(), reason: reason.to_owned() });
+    pub fn mark_bad(&mut self, version: &Version, reason: &str, now: &str) {
+        self.bad.insert(version.clone(), BadMark { at: now.to_owned(), reason: reason.to_owned() });
         if self.last_good.as_ref() == Some(version) {
             self.last_good = None;
         }
@@ -227,7 +223,7 @@ mod tests {
     fn with_releases(names: &[&str]) -> AppState {
         let mut s = AppState::default();
         for n in names {
-            s.record_release(&v(n), "00", 1);
+            s.record_release(&v(n), "00", 1, "t");
         }
         s
     }
@@ -236,11 +232,11 @@ mod tests {
     fn rollback_target_skips_bad_and_current() {
         let mut s = with_releases(&["1", "2", "3", "4"]);
         for n in ["1", "2", "3"] {
-            s.commit(&v(n));
+            s.commit(&v(n), "t");
         }
         let disk = vec![v("1"), v("2"), v("3"), v("4")];
         assert_eq!(s.rollback_target(Some(&v("3")), &disk), Some(v("2")));
-        s.mark_bad(&v("2"), "test");
+        s.mark_bad(&v("2"), "test", "t");
         assert_eq!(s.rollback_target(Some(&v("3")), &disk), Some(v("1")));
         // Never-good releases are never a target.
         assert_eq!(s.rollback_target(Some(&v("1")), &disk), Some(v("3")));
@@ -251,7 +247,7 @@ mod tests {
     fn prune_keeps_current_last_good_pin_and_target() {
         let mut s = with_releases(&["1", "2", "3", "4", "5"]);
         for n in ["1", "2", "3", "4", "5"] {
-            s.commit(&v(n));
+            s.commit(&v(n), "t");
         }
         s.pin = Some(Pin { version: v("1"), at: String::new(), by: String::new(), reason: None });
         let disk: Vec<Version> = ["1", "2", "3", "4", "5"].iter().map(|n| v(n)).collect();
@@ -268,7 +264,7 @@ mod tests {
         let path = dir.path().join("state.json");
         let mut s = with_releases(&["1"]);
         s.schema = SCHEMA;
-        s.begin(Op::Deploy, &v("1"), None, Step::Unpacking);
+        s.begin(Op::Deploy, &v("1"), None, Step::Unpacking, "t", 1);
         s.save(&path, None).unwrap();
         assert_eq!(AppState::load(&path).unwrap(), s);
     }
