@@ -4,7 +4,8 @@
 //! status, history, polls); `operations/host.rs` downloads, host faults and a daemon kept responsive by long work.
 //!
 //! Already tested elsewhere, and not repeated here: point 5's `deploy --version V` that no signed manifest names
-//! (exit 1 naming what the manifest names) is `daemon::deploy_by_version_fetches_only_what_a_signed_manifest_names`.
+//! (exit 1 naming what the manifest names) is
+//! `daemon::publish::deploy_by_version_fetches_only_what_a_signed_manifest_names`.
 
 mod daemon;
 mod host;
