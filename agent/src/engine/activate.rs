@@ -6,7 +6,7 @@ use crate::app::App;
 use crate::base::crashpoint;
 use crate::base::fsutil;
 use crate::base::timeline::Timeline;
-use crate::base::verdict::HealthSummary;
+use crate::base::verdict::{HealthSummary, Verdict};
 use crate::base::version::Version;
 use crate::error::Error;
 use crate::host::health;
@@ -16,8 +16,8 @@ use crate::statedir::history::Event;
 use crate::statedir::journal::Journal;
 use crate::statedir::state::{Op, Step};
 
-/// Switches to `target`, restarts and verifies. The outer error is an I/O failure of our own; the inner result is
-/// the verdict (`Err` carries the reason the release is not healthy).
+/// Switches to `target`, restarts and verifies: the verdict on it. The error is a failure of our own (I/O, a
+/// release that is not what was verified, a shutdown).
 pub fn go_live(
     app: &App,
     state: &mut Journal,
@@ -26,7 +26,7 @@ pub fn go_live(
     op: Op,
     tl: &mut Timeline,
     ev: &mut Event,
-) -> anyhow::Result<Result<String, String>> {
+) -> anyhow::Result<Verdict> {
     // Crash points are named per operation: `before-switch` for a deploy, `rollback-before-switch` for a rollback.
     let point =
         |deploy: crashpoint::Point, rollback: crashpoint::Point| if op == Op::Deploy { deploy } else { rollback };
@@ -79,29 +79,25 @@ pub fn go_live(
         })
     }) {
         Ok(r) => r,
-        Err(reason) => return Ok(Err(reason)),
+        Err(failure) => return Ok(Verdict::Unhealthy(failure.to_string())),
     };
     crashpoint::hit(point(crashpoint::Point::AfterRestart, crashpoint::Point::RollbackAfterRestart));
     if op == Op::Deploy {
-        if let Err(reason) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
-            return Ok(Err(reason));
+        if let Err(failure) = hooks::run_in(app, Hook::AfterActivate, v, prev, &release_dir, tl, ev) {
+            return Ok(Verdict::Unhealthy(failure.to_string()));
         }
     }
     let verdict = tl.step("checks", || {
         health::verify(app, v, &release_dir, &restarted, op == Op::Deploy).map(|verdict| {
-            let detail = match &verdict {
-                Ok(s) | Err(s) => s.clone(),
-            };
+            let detail = verdict.detail().to_owned();
             (verdict, Some(detail))
         })
     })?;
     state.last_health = Some(HealthSummary {
         at: fsutil::now_rfc3339(),
         version: Some(target.clone()),
-        healthy: verdict.is_ok(),
-        detail: match &verdict {
-            Ok(s) | Err(s) => s.clone(),
-        },
+        healthy: verdict.is_healthy(),
+        detail: verdict.detail().to_owned(),
     });
     Ok(verdict)
 }
@@ -157,7 +153,7 @@ fn fall_back_now(
         }
     };
     match verdict {
-        Ok(_) => {
+        Verdict::Healthy(_) => {
             state.commit(&target, Some(crashpoint::Point::RollbackAfterCommit))?;
             after_rollback(app, &target, failed, ev);
             Ok(Error::RolledBack {
@@ -167,14 +163,15 @@ fn fall_back_now(
                 reason: reason.to_owned(),
             })
         }
-        Err(second) => Ok(degrade(app, state, &target, &second)?),
+        Verdict::Unhealthy(second) => Ok(degrade(app, state, &target, &second)?),
     }
 }
 
 /// An operator's switch from `from` (current, and healthy as far as anyone knows) to `target` (a rollback, a
-/// pin): go live and prove it. If `target` is not healthy, only `target` is marked bad and the app goes back to
-/// `from` (switched, restarted and verified again), where it started: [`Error::SwitchFailed`] (exit 3). Only
-/// when `from` fails too does the app need a person ([`Error::RollbackFailed`], exit 4).
+/// pin): go live and prove it; returns its health summary. If `target` is not healthy, only `target` is marked
+/// bad and the app goes back to `from` (switched, restarted and verified again), where it started: the error is
+/// [`Error::SwitchFailed`] (exit 3). Only when `from` fails too does the app need a person
+/// ([`Error::RollbackFailed`], exit 4).
 pub fn switch_to(
     app: &App,
     state: &mut Journal,
@@ -182,29 +179,30 @@ pub fn switch_to(
     from: &Version,
     tl: &mut Timeline,
     ev: &mut Event,
-) -> anyhow::Result<Result<String, Error>> {
+) -> anyhow::Result<String> {
     match go_live(app, state, target, Some(from), Op::Rollback, tl, ev)? {
-        Ok(health) => {
+        Verdict::Healthy(health) => {
             state.bad.remove(target);
             state.commit(target, Some(crashpoint::Point::RollbackAfterCommit))?;
-            Ok(Ok(health))
+            Ok(health)
         }
-        Err(reason) => crate::base::progress::uncancellable(|| {
+        Verdict::Unhealthy(reason) => crate::base::progress::uncancellable(|| {
             state.mark_bad(target, &reason);
             // What would have marked the release left behind is dropped: the app goes back to it.
             state.mark_on_commit = None;
             tl.note(&format!("{target} is not healthy ({reason}); going back to {from}"));
             match go_live(app, state, from, Some(target), Op::Rollback, tl, ev)? {
-                Ok(_) => {
+                Verdict::Healthy(_) => {
                     state.commit(from, Some(crashpoint::Point::RollbackAfterCommit))?;
-                    Ok(Err(Error::SwitchFailed {
+                    Err(Error::SwitchFailed {
                         app: app.name.clone(),
                         target: target.to_string(),
                         restored: from.to_string(),
                         reason,
-                    }))
+                    }
+                    .into())
                 }
-                Err(second) => Ok(Err(degrade(app, state, from, &second)?)),
+                Verdict::Unhealthy(second) => Err(degrade(app, state, from, &second)?.into()),
             }
         }),
     }
@@ -227,9 +225,9 @@ pub fn after_rollback(app: &App, restored: &Version, from: &Version, ev: &mut Ev
     match hooks::run(app, Hook::AfterRollback, restored.as_str(), Some(from.as_str()), &dir) {
         Ok(Some(run)) => ev.output.extend(run.tail),
         Ok(None) => {}
-        Err((reason, tail)) => {
-            tracing::warn!("{}: {reason}", app.name);
-            ev.output.extend(tail);
+        Err(mut failure) => {
+            tracing::warn!("{}: {failure}", app.name);
+            ev.output.extend(failure.take_tail());
         }
     }
 }

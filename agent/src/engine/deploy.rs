@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::base::crashpoint;
 use crate::base::timeline::Timeline;
 use crate::base::timeline::Timing;
+use crate::base::verdict::Verdict;
 use crate::base::version::Version;
 use crate::engine::activate;
 use crate::engine::reconcile;
@@ -164,12 +165,12 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         }
         let release_dir = app.store.release_dir(v);
         let prev = previous.as_ref().map(Version::as_str);
-        if let Err(reason) = hooks::run_in(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir, tl, ev) {
+        if let Err(failure) = hooks::run_in(app, Hook::BeforeActivate, v.as_str(), prev, &release_dir, tl, ev) {
             state.abandon()?;
-            anyhow::bail!("{reason}; nothing was activated");
+            anyhow::bail!("{failure}; nothing was activated");
         }
         match activate::go_live(app, &mut state, v, previous.as_ref(), Op::Deploy, tl, ev)? {
-            Ok(health) => {
+            Verdict::Healthy(health) => {
                 state.bad.remove(v);
                 state.commit(v, Some(crashpoint::Point::AfterCommit))?;
                 let pruned = retention::prune_after_deploy(app, &mut state)?;
@@ -185,7 +186,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                     steps: vec![],
                 })
             }
-            Err(reason) => Err(activate::fall_back(app, &mut state, v, &reason, tl, ev)?.into()),
+            Verdict::Unhealthy(reason) => Err(activate::fall_back(app, &mut state, v, &reason, tl, ev)?.into()),
         }
     })?;
     retention::record_prune_after_deploy(app, &outcome.version, &outcome.pruned)?;

@@ -42,8 +42,7 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait
         let mut out = Pinned { app: app.name.clone(), pin: version.to_string(), switched_from: None, health: None };
         if let Some(from) = current.as_ref().filter(|c| *c != version) {
             tl.note(&format!("{}: on {from}; switching to {version} before pinning it", app.name));
-            let health = crate::engine::activate::switch_to(app, &mut state, version, from, tl, ev)?
-                .map_err(anyhow::Error::from)?;
+            let health = crate::engine::activate::switch_to(app, &mut state, version, from, tl, ev)?;
             out.switched_from = Some(from.to_string());
             out.health = Some(health);
         }

@@ -6,6 +6,7 @@
 
 use crate::app::App;
 use crate::base::timeline::Timeline;
+use crate::base::verdict::Verdict;
 use crate::base::version::Version;
 use crate::engine::activate;
 use crate::engine::plan::{self, Recovery};
@@ -83,23 +84,23 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<Journal> {
                             Some(crate::error::Error::NotVerified { .. })
                         ) =>
                     {
-                        Err(format!("{e}"))
+                        Verdict::Unhealthy(format!("{e}"))
                     }
                     other => other?,
                 };
             crate::base::crashpoint::hit(crate::base::crashpoint::Point::ReconcileMidRecovery);
             match verdict {
-                Ok(health) => {
+                Verdict::Healthy(health) => {
                     // Committed in memory only: the state is saved after the history event (below).
                     state.commit_in_memory(&f.version);
                     notes.push(format!("{} is healthy ({health})", f.version));
                 }
-                Err(reason) if f.op == Op::Deploy => {
+                Verdict::Unhealthy(reason) if f.op == Op::Deploy => {
                     let err = activate::fall_back(app, &mut state, &f.version, &reason, tl, &mut ev)?;
                     notes.push(format!("{err}"));
                     failure = Some(err);
                 }
-                Err(reason) => {
+                Verdict::Unhealthy(reason) => {
                     let err = activate::degrade(app, &mut state, &f.version, &reason)?;
                     notes.push(format!("{err}"));
                     failure = Some(err);

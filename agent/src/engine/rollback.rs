@@ -82,13 +82,9 @@ pub fn rollback(
         let why =
             format!("manual rollback by {}{}", ev.who.describe(), reason.map(|r| format!(": {r}")).unwrap_or_default());
         state.mark_on_commit = Some(PendingMark { version: current.clone(), reason: why });
-        match activate::switch_to(app, &mut state, &target, &current, tl, ev)? {
-            Ok(health) => {
-                activate::after_rollback(app, &target, &current, ev);
-                Ok(health)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let health = activate::switch_to(app, &mut state, &target, &current, tl, ev)?;
+        activate::after_rollback(app, &target, &current, ev);
+        Ok(health)
     })?;
     Ok(RollbackOutcome {
         app: app.name.clone(),

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::base::progress::{self, Interrupt};
+use crate::base::verdict::Verdict;
 use crate::config::CheckConfig;
 use crate::error::Error;
 use crate::host::command;
@@ -58,10 +59,13 @@ pub fn run_check(app: &App, c: &CheckConfig, version: &str, release_dir: &Path) 
         }
     } else {
         let unit = app.cfg.service.as_ref().and_then(|s| s.unit.clone()).unwrap_or_default();
-        service::unit_properties(&unit).and_then(|p| match p.get("ActiveState").map(String::as_str) {
-            Some("active") => Ok(format!("{unit} active")),
-            other => Err(format!("{unit} is {}", other.unwrap_or("unknown"))),
-        })
+        match service::unit_properties(&unit) {
+            Ok(p) => match p.get("ActiveState").map(String::as_str) {
+                Some("active") => Ok(format!("{unit} active")),
+                other => Err(format!("{unit} is {}", other.unwrap_or("unknown"))),
+            },
+            Err(e) => Err(e.to_string()),
+        }
     };
     let (ok, detail) = match outcome {
         Ok(d) => (true, d),
@@ -110,7 +114,7 @@ fn tcp(addr: &str, timeout: Duration) -> Result<String, String> {
 
 /// One round: every check, plus the unit's own state.
 fn round(app: &App, version: &str, release_dir: &Path, restarted: &Restarted) -> Result<Vec<CheckResult>, String> {
-    service::unit_still_up(restarted)?;
+    service::unit_still_up(restarted).map_err(|e| e.to_string())?;
     let results: Vec<CheckResult> = app.cfg.checks.iter().map(|c| run_check(app, c, version, release_dir)).collect();
     match results.iter().find(|r| !r.ok) {
         Some(bad) => Err(format!("{}: {}", bad.check, bad.detail)),
@@ -118,9 +122,9 @@ fn round(app: &App, version: &str, release_dir: &Path, restarted: &Restarted) ->
     }
 }
 
-/// Applies the app's health policy. The inner `Ok` carries a one-line summary, the inner `Err` the reason for
-/// rolling back (an operator's cancel request is one). The outer error is the daemon's shutdown: the release stays
-/// live and unproven, and the journal makes the next start verify it again.
+/// Applies the app's health policy: [`Verdict::Healthy`] with a one-line summary, or [`Verdict::Unhealthy`] with
+/// the reason for rolling back (an operator's cancel request is one). The error is the daemon's shutdown: the
+/// release stays live and unproven, and the journal makes the next start verify it again.
 ///
 /// `bake` is whether the bake window applies: it does for a deploy; a rollback goes back to a release that was
 /// proven before, and is done once it passes `healthy_after` rounds (getting back to safety fast is its point).
@@ -130,12 +134,15 @@ pub fn verify(
     release_dir: &Path,
     restarted: &Restarted,
     bake: bool,
-) -> Result<Result<String, String>, Error> {
+) -> Result<Verdict, Error> {
     let policy = &app.cfg.health;
     let bake_for = if bake { policy.bake } else { Duration::ZERO };
     if app.cfg.checks.is_empty() {
         // Unchecked: only the restart (and, for a unit, its state right after) decides.
-        return Ok(service::unit_still_up(restarted).map(|()| "unchecked: the restart succeeded".to_owned()));
+        return Ok(match service::unit_still_up(restarted) {
+            Ok(()) => Verdict::Healthy("unchecked: the restart succeeded".to_owned()),
+            Err(e) => Verdict::Unhealthy(e.to_string()),
+        });
     }
     let pause = |d: Duration, stage: &str| -> Result<Result<(), String>, Error> {
         match progress::sleep(d) {
@@ -147,7 +154,7 @@ pub fn verify(
     progress::set_activity(format!("deploying {version} (starting)"));
     let start = Instant::now();
     if let Err(e) = pause(policy.start_period, "the checks' start period")? {
-        return Ok(Err(e));
+        return Ok(Verdict::Unhealthy(e));
     }
     let deadline = start + policy.start_period + policy.deadline;
     let mut passes = 0u32;
@@ -169,14 +176,14 @@ pub fn verify(
         }
         crate::base::crashpoint::hit(crate::base::crashpoint::Point::DuringChecks);
         if Instant::now() + policy.interval > deadline {
-            return Ok(Err(format!(
+            return Ok(Verdict::Unhealthy(format!(
                 "not healthy within {} ({} consecutive passes needed); last failure: {last_failure}",
                 humantime::format_duration(policy.deadline),
                 policy.healthy_after
             )));
         }
         if let Err(e) = pause(policy.interval, "the checks")? {
-            return Ok(Err(e));
+            return Ok(Verdict::Unhealthy(e));
         }
     }
     let healthy_at = start.elapsed();
@@ -190,10 +197,10 @@ pub fn verify(
         if let Err(e) =
             pause(policy.interval.min(bake_end.saturating_duration_since(Instant::now())), "the bake window")?
         {
-            return Ok(Err(e));
+            return Ok(Verdict::Unhealthy(e));
         }
         if let Err(e) = round(app, version, release_dir, restarted) {
-            return Ok(Err(format!(
+            return Ok(Verdict::Unhealthy(format!(
                 "failed during the bake window, {} after turning healthy: {e}",
                 fmt_secs(start.elapsed().saturating_sub(healthy_at))
             )));
@@ -203,7 +210,7 @@ pub fn verify(
     if !bake_for.is_zero() {
         summary.push_str(&format!(", baked {}", humantime::format_duration(bake_for)));
     }
-    Ok(Ok(summary))
+    Ok(Verdict::Healthy(summary))
 }
 
 fn fmt_secs(d: Duration) -> String {

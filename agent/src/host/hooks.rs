@@ -11,6 +11,27 @@ use crate::app::App;
 pub use crate::config::{shipped, Hook};
 use crate::host::command;
 
+/// Why a hook stopped the operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HookFailure {
+    /// Not run: it names a program of the release that is not what was verified.
+    #[error("hook {} ({argv}) not run: {why}", hook.name())]
+    NotRun { hook: Hook, argv: String, why: String },
+    /// It ran and failed (its exit status, a timeout, or the runner's error), with its output's last lines.
+    #[error("hook {} ({argv}) failed: {why}", hook.name())]
+    Failed { hook: Hook, argv: String, why: String, tail: Vec<String> },
+}
+
+impl HookFailure {
+    /// The last lines of its output (none when it did not run).
+    pub fn take_tail(&mut self) -> Vec<String> {
+        match self {
+            HookFailure::NotRun { .. } => Vec::new(),
+            HookFailure::Failed { tail, .. } => std::mem::take(tail),
+        }
+    }
+}
+
 /// The outcome of a hook that ran.
 #[derive(Debug)]
 pub struct HookRun {
@@ -25,7 +46,7 @@ pub fn run(
     version: &str,
     previous: Option<&str>,
     release_dir: &Path,
-) -> Result<Option<HookRun>, (String, Vec<String>)> {
+) -> Result<Option<HookRun>, HookFailure> {
     let configured = match hook {
         Hook::BeforeActivate => &app.cfg.hooks.before_activate,
         Hook::AfterActivate => &app.cfg.hooks.after_activate,
@@ -43,7 +64,7 @@ pub fn run(
         }
     };
     if let Err(e) = crate::app::verify::check_exec(app, version, &argv, release_dir) {
-        return Err((format!("hook {} ({}) not run: {e:#}", hook.name(), argv.join(" ")), Vec::new()));
+        return Err(HookFailure::NotRun { hook, argv: argv.join(" "), why: format!("{e:#}") });
     }
     let mut env = app.hook_env(version, previous, release_dir);
     env.push(("SWITCHBACK_HOOK".to_owned(), hook.name().to_owned()));
@@ -51,13 +72,13 @@ pub fn run(
         Ok(done) if done.success => {
             Ok(Some(HookRun { summary: format!("{} {}", hook.name(), done.status), tail: done.tail }))
         }
-        Ok(done) => Err((format!("hook {} ({}) failed: {}", hook.name(), argv.join(" "), done.status), done.tail)),
-        Err(e) => Err((format!("hook {} ({}) failed: {e:#}", hook.name(), argv.join(" ")), Vec::new())),
+        Ok(done) => Err(HookFailure::Failed { hook, argv: argv.join(" "), why: done.status, tail: done.tail }),
+        Err(e) => Err(HookFailure::Failed { hook, argv: argv.join(" "), why: format!("{e:#}"), tail: Vec::new() }),
     }
 }
 
 /// Runs a hook inside an operation: its summary goes to the timeline and its output's last lines into the history
-/// event. `Err` is the reason it failed.
+/// event (taken out of the failure).
 pub fn run_in(
     app: &App,
     hook: Hook,
@@ -66,7 +87,7 @@ pub fn run_in(
     release_dir: &Path,
     tl: &mut crate::base::timeline::Timeline,
     ev: &mut crate::statedir::history::Event,
-) -> Result<(), String> {
+) -> Result<(), HookFailure> {
     match run(app, hook, version, previous, release_dir) {
         Ok(Some(done)) => {
             tl.record("hook", 0, Some(done.summary));
@@ -74,9 +95,9 @@ pub fn run_in(
             Ok(())
         }
         Ok(None) => Ok(()),
-        Err((reason, tail)) => {
-            ev.output.extend(tail);
-            Err(reason)
+        Err(mut failure) => {
+            ev.output.extend(failure.take_tail());
+            Err(failure)
         }
     }
 }

@@ -6,6 +6,32 @@ use std::path::Path;
 use crate::app::App;
 use crate::host::command;
 
+/// Why the service did not come up (or stay up) on a release: the reason a deploy goes back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceFailure {
+    /// The configured restart command names a program of the release that is not what was verified.
+    #[error("restart command not run: {0}")]
+    NotRun(String),
+    /// The restart command could not be run (or timed out).
+    #[error("restart command: {0}")]
+    CommandError(String),
+    /// The restart command ran and failed: its exit status and last line of output.
+    #[error("restart command {status} ({last})")]
+    CommandFailed { status: String, last: String },
+    /// `systemctl` itself failed (`what` is the command line).
+    #[error("{what}: {why}")]
+    Systemctl { what: String, why: String },
+    /// The unit is not running right after the restart or reload.
+    #[error("unit {unit} is {state} after {verb}")]
+    NotActiveAfter { unit: String, state: String, verb: &'static str },
+    /// The unit stopped or failed during the checks.
+    #[error("unit {unit} is {state}")]
+    Down { unit: String, state: String },
+    /// The unit restarted by itself since the deploy.
+    #[error("unit {unit} restarted {restarts} time(s) since the deploy (crash loop)")]
+    CrashLoop { unit: String, restarts: u64 },
+}
+
 /// What a restart left behind, used by the health loop to detect a crash loop.
 #[derive(Debug, Default, Clone)]
 pub struct Restarted {
@@ -14,8 +40,13 @@ pub struct Restarted {
     pub detail: String,
 }
 
-/// Restarts the service so it runs `release_dir`. The error is a one-line reason.
-pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &Path) -> Result<Restarted, String> {
+/// Restarts the service so it runs `release_dir`.
+pub fn restart(
+    app: &App,
+    version: &str,
+    previous: Option<&str>,
+    release_dir: &Path,
+) -> Result<Restarted, ServiceFailure> {
     let Some(svc) = &app.cfg.service else {
         return Ok(Restarted { detail: "no service configured".to_owned(), ..Restarted::default() });
     };
@@ -23,7 +54,7 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
     if let Some(argv) = &svc.restart {
         // The restart command runs as root: it is the configuration's. What of the release it runs is checked.
         crate::app::verify::check_exec(app, version, argv, release_dir)
-            .map_err(|e| format!("restart command not run: {e:#}"))?;
+            .map_err(|e| ServiceFailure::NotRun(format!("{e:#}")))?;
         let done = command::run_at(
             argv,
             release_dir,
@@ -33,13 +64,12 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
             None,
             Some(crate::base::crashpoint::Point::DuringRestart),
         )
-        .map_err(|e| format!("restart command: {e:#}"))?;
+        .map_err(|e| ServiceFailure::CommandError(format!("{e:#}")))?;
         if !done.success {
-            return Err(format!(
-                "restart command {} ({})",
-                done.status,
-                done.tail.last().map(String::as_str).unwrap_or("no output")
-            ));
+            return Err(ServiceFailure::CommandFailed {
+                status: done.status,
+                last: done.tail.last().map_or("no output".to_owned(), String::clone),
+            });
         }
         let program = Path::new(&argv[0]).file_name().map_or(argv[0].clone(), |n| n.to_string_lossy().into_owned());
         return Ok(Restarted {
@@ -59,14 +89,17 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
         None,
         Some(crate::base::crashpoint::Point::DuringRestart),
     )
-    .map_err(|e| format!("systemctl {verb} {unit}: {e:#}"))?;
+    .map_err(|e| ServiceFailure::Systemctl { what: argv.join(" "), why: format!("{e:#}") })?;
     if !done.success {
-        return Err(format!("systemctl {verb} {unit}: {} ({})", done.status, done.tail.join(" / ")));
+        return Err(ServiceFailure::Systemctl {
+            what: argv.join(" "),
+            why: format!("{} ({})", done.status, done.tail.join(" / ")),
+        });
     }
     let props = unit_properties(&unit)?;
     let state = props.get("ActiveState").cloned().unwrap_or_default();
     if !matches!(state.as_str(), "active" | "activating" | "reloading") {
-        return Err(format!("unit {unit} is {state} after {verb}"));
+        return Err(ServiceFailure::NotActiveAfter { unit, state, verb });
     }
     let mut detail = format!("systemctl {verb} {unit}: {state}");
     if let Some(pid) = props.get("MainPID").and_then(|p| p.parse::<u32>().ok()).filter(|p| *p > 0) {
@@ -82,17 +115,15 @@ pub fn restart(app: &App, version: &str, previous: Option<&str>, release_dir: &P
 }
 
 /// `systemctl show` properties of a unit.
-pub fn unit_properties(unit: &str) -> Result<std::collections::HashMap<String, String>, String> {
+pub fn unit_properties(unit: &str) -> Result<std::collections::HashMap<String, String>, ServiceFailure> {
+    let failed = |why: String| ServiceFailure::Systemctl { what: format!("systemctl show {unit}"), why };
     let argv: Vec<String> = ["systemctl", "show", "-p", "ActiveState,SubState,NRestarts,MainPID", unit]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let out = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .output()
-        .map_err(|e| format!("systemctl show {unit}: {e}"))?;
+    let out = std::process::Command::new(&argv[0]).args(&argv[1..]).output().map_err(|e| failed(e.to_string()))?;
     if !out.status.success() {
-        return Err(format!("systemctl show {unit}: {}", out.status));
+        return Err(failed(out.status.to_string()));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -123,17 +154,17 @@ fn runs_from(pid: u32, release_dir: &Path) -> bool {
 }
 
 /// Re-reads the unit during checks: a failed unit or a growing restart counter is a failure even if a probe answers.
-pub fn unit_still_up(r: &Restarted) -> Result<(), String> {
+pub fn unit_still_up(r: &Restarted) -> Result<(), ServiceFailure> {
     let Some(unit) = &r.unit else { return Ok(()) };
     let props = unit_properties(unit)?;
     let state = props.get("ActiveState").map(String::as_str).unwrap_or("");
     if matches!(state, "failed" | "inactive") {
-        return Err(format!("unit {unit} is {state}"));
+        return Err(ServiceFailure::Down { unit: unit.clone(), state: state.to_owned() });
     }
     let now: Option<u64> = props.get("NRestarts").and_then(|n| n.parse().ok());
     if let (Some(before), Some(now)) = (r.n_restarts, now) {
         if now > before {
-            return Err(format!("unit {unit} restarted {} time(s) since the deploy (crash loop)", now - before));
+            return Err(ServiceFailure::CrashLoop { unit: unit.clone(), restarts: now - before });
         }
     }
     Ok(())
