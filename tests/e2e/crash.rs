@@ -1,5 +1,5 @@
 //! Crash tests: the real binary is SIGKILLed at each named crash point of a deploy, a rollback (manual and
-//! automatic), a prune and a reconcile (feature `crash-points`, see `agent/src/crashpoint.rs`), or by the test with
+//! automatic), a prune and a reconcile (feature `crash-points`, see `agent/src/base/crashpoint.rs`), or by the test with
 //! a real `kill -9` at random moments. After each kill `current` must still name a complete release, and the next
 //! command must converge: no staging, trash or temporary link left, no step in flight, the state agreeing with the
 //! symlink, history saying what was recovered, and the following deploy working.

@@ -174,7 +174,7 @@ impl App {
         // A file that does not parse was never a complete write (write_atomic renames whole files): nothing to keep.
         if let Ok(mut ev) = serde_json::from_slice::<Event>(&bytes) {
             if !history::recently_recorded(&self.history_path(), &ev)? {
-                ev.outcome = "interrupted".to_owned();
+                ev.outcome = history::Outcome::Interrupted;
                 let note = format!(
                     "pid {} did not record its outcome (killed, or history could not be written); the state tells where \
                      it left the app",
@@ -193,7 +193,7 @@ impl App {
         Ok(recovered)
     }
 
-    pub fn event(&self, op: &str) -> Event {
+    pub fn event(&self, op: history::Action) -> Event {
         Event::new(&self.name, op)
     }
 
@@ -239,13 +239,12 @@ impl App {
             });
             ev.outcome = match crate::error::code_for(e) {
                 // Stopped by the daemon's shutdown at a safe point: the journal finishes it at the next start.
-                _ if interrupted => "interrupted",
-                crate::base::exit::ROLLED_BACK => "rolled-back",
-                crate::base::exit::ROLLBACK_FAILED => "rollback-failed",
-                crate::base::exit::BUSY => "busy",
-                _ => "failed",
-            }
-            .to_owned();
+                _ if interrupted => history::Outcome::Interrupted,
+                crate::base::exit::ROLLED_BACK => history::Outcome::RolledBack,
+                crate::base::exit::ROLLBACK_FAILED => history::Outcome::RollbackFailed,
+                crate::base::exit::BUSY => history::Outcome::Busy,
+                _ => history::Outcome::Failed,
+            };
             let why = format!("{e:#}");
             ev.reason = Some(match ev.reason.take() {
                 Some(r) => format!("{r}; {why}"),

@@ -5,6 +5,7 @@
 //! Owns no app, no state and no policy. It must never depend on any other folder of the crate: everything else
 //! points down to here.
 
+pub mod activity;
 pub mod crashpoint;
 pub mod digest;
 pub mod exit;

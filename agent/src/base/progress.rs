@@ -6,6 +6,7 @@
 //! Work running on behalf of an app calls [`enter`] on its thread; deep code calls [`beat`], [`set_activity`] and
 //! [`interrupted`] without being passed anything.
 
+use crate::base::activity::Activity;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +29,7 @@ pub struct Worker {
     /// Milliseconds since [`epoch`] of the last sign of life.
     last_beat: AtomicU64,
     busy: AtomicBool,
-    activity: Mutex<String>,
+    activity: Mutex<Activity>,
     /// When the channel was last polled and what it said.
     poll: Mutex<String>,
     /// The last refusal (a manifest, an inbox drop, an artifact) and when, until a newer manifest is accepted.
@@ -45,7 +46,7 @@ impl Worker {
             app: app.to_owned(),
             last_beat: AtomicU64::new(now_ms()),
             busy: AtomicBool::new(false),
-            activity: Mutex::new("starting".to_owned()),
+            activity: Mutex::new(Activity::Starting),
             poll: Mutex::new(String::new()),
             refusal: Mutex::new(None),
             health: Mutex::new(None),
@@ -62,12 +63,13 @@ impl Worker {
         self.beat();
     }
 
-    pub fn set_activity(&self, text: impl Into<String>) {
-        *self.activity.lock().unwrap_or_else(|e| e.into_inner()) = text.into();
+    pub fn set_activity(&self, activity: Activity) {
+        *self.activity.lock().unwrap_or_else(|e| e.into_inner()) = activity;
     }
 
+    /// The activity, in words.
     pub fn activity(&self) -> String {
-        self.activity.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.activity.lock().unwrap_or_else(|e| e.into_inner()).to_string()
     }
 
     pub fn set_poll(&self, text: impl Into<String>) {
@@ -158,7 +160,7 @@ pub fn step_progress(text: impl FnOnce() -> String) {
         return;
     };
     let text = text();
-    set_activity(format!("{label} ({text})"));
+    set_activity(Activity::Working { label, progress: text.clone() });
     if tty {
         note_inline!("\r\x1b[K  {text}");
     }
@@ -213,9 +215,8 @@ pub fn beat() {
     with_current(Worker::beat);
 }
 
-pub fn set_activity(text: impl Into<String>) {
-    let text = text.into();
-    with_current(|w| w.set_activity(text));
+pub fn set_activity(activity: Activity) {
+    with_current(|w| w.set_activity(activity));
 }
 
 /// Whether the work on this thread should stop. Always `None` outside the daemon.

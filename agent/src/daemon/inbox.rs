@@ -126,7 +126,7 @@ pub(super) async fn scan_inbox(app: &App, dir: &Path, src: Option<&Source>, work
     }
     for drop in scan.drops {
         let m = drop.manifest.clone();
-        let from = format!("{}{}", pull::INBOX_PREFIX, m.display());
+        let from = crate::source::origin::Origin::Inbox(m.clone());
         let (a, b, s, f) = (app.clone(), drop.bytes, drop.sig, from.clone());
         let verdict = blocking(worker, move || Ok(pull::accept_under_lock(&a, &b, &s, &f))).await;
         // A drop leaves the inbox once what it asks for is settled: deployed, rolled back, or refused for good; a

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::app::App;
+use crate::base::activity::Activity;
 use crate::base::fsutil;
 use crate::base::progress::{self, Worker};
 use crate::base::timeline::Timeline;
@@ -241,20 +242,14 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
     use Converged::{Later, Settled};
     let (want, have) = match plan::converge(&state, &on_disk, &mem.refused, std::time::SystemTime::now()) {
         Converge::NoManifest => {
-            worker.set_activity(format!("on {current}; no manifest accepted yet"));
+            worker.set_activity(Activity::Waiting { current, why: "no manifest accepted yet".to_owned() });
             return Settled;
         }
         Converge::OnIt { version: v } => {
             // The newest word on the current release: the daemon's idle check, else the deploy's.
             let newest = worker.health().filter(|h| h.version.as_ref() == Some(&v)).or(state.last_health.clone());
-            let health = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map_or("", |h| {
-                if h.healthy {
-                    " healthy"
-                } else {
-                    " UNHEALTHY"
-                }
-            });
-            worker.set_activity(format!("on {v}{health}"));
+            let healthy = newest.as_ref().filter(|h| h.version.as_ref() == Some(&v)).map(|h| h.healthy);
+            worker.set_activity(Activity::On { current: v.to_string(), healthy });
             return Settled;
         }
         Converge::Hold { version: v, why, retry } => {
@@ -262,7 +257,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                 tracing::warn!("{}: not deploying {v}: {why}", app.name);
                 mem.held = why.clone();
             }
-            worker.set_activity(format!("on {current}; holding: {why}"));
+            worker.set_activity(Activity::Waiting { current, why: format!("holding: {why}") });
             return if retry { Later } else { Settled };
         }
         Converge::Deploy { want, on_disk } => (want, on_disk),
@@ -277,11 +272,16 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
         let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
         None
     } else {
-        worker.set_activity(format!("on {current}; downloading {v}"));
+        worker.set_activity(Activity::Downloading { current: current.clone(), version: v.to_string(), progress: None });
         let w = worker.clone();
         let (current2, v2) = (current.clone(), v.to_string());
-        let show =
-            move |n: u64, total: u64| w.set_activity(format!("on {current2}; {}", pull::progress_text(&v2, n, total)));
+        let show = move |n: u64, total: u64| {
+            w.set_activity(Activity::Downloading {
+                current: current2.clone(),
+                version: v2.clone(),
+                progress: Some((n, total)),
+            })
+        };
         match pull::fetch_artifact(app, src, &want, &show).await {
             Ok((p, took)) => {
                 crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterDownload);
@@ -290,7 +290,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
             }
             Err(e) => {
                 tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
-                worker.set_activity(format!("on {current}; fetching {v} failed: {e}"));
+                worker.set_activity(Activity::Waiting { current, why: format!("fetching {v} failed: {e}") });
                 if matches!(e, Error::ArtifactMismatch { .. }) {
                     worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
                     mem.refused.insert(key);
@@ -300,7 +300,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
             }
         }
     };
-    worker.set_activity(format!("deploying {v}"));
+    worker.set_activity(Activity::Deploying { version: v.to_string(), stage: None });
     let req = DeployRequest {
         archive: archive.clone(),
         expected: Some(deploy::Promise { sha256: want.sha256.clone(), size: want.size }),
@@ -348,12 +348,14 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
     let (unused, state) = after.unwrap_or_default();
     let now = state.current.as_ref().map_or("nothing".to_owned(), ToString::to_string);
     worker.set_activity(match result {
-        Ok(_) => format!("on {now} healthy"),
+        Ok(_) => Activity::On { current: now, healthy: Some(true) },
         // A rolled-back deploy's error already says "deploy of V ... failed": said once.
         Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::RolledBack { .. })) => {
-            format!("on {now}; {}", first_line(&format!("{e}")))
+            Activity::Waiting { current: now, why: first_line(&format!("{e}")).to_owned() }
         }
-        Err(e) => format!("on {now}; deploy of {v} failed: {}", first_line(&format!("{e}"))),
+        Err(e) => {
+            Activity::Waiting { current: now, why: format!("deploy of {v} failed: {}", first_line(&format!("{e}"))) }
+        }
     });
     if unused {
         Later

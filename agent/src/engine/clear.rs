@@ -43,7 +43,7 @@ pub fn clear(
         }
     }
     let versions: Vec<Version> = if all_bad { state.bad.keys().cloned().collect() } else { bad.to_vec() };
-    let mut ev = app.event("clear");
+    let mut ev = app.event(crate::statedir::history::Action::Clear);
     let what = match (&state.degraded, versions.is_empty()) {
         (None, true) => "nothing to clear".to_owned(),
         (d, _) => {

@@ -49,13 +49,31 @@ pub struct Promise {
     pub size: u64,
 }
 
+/// What a deploy that succeeded did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Deployed {
+    /// The version went live and proved healthy.
+    Deployed,
+    /// It was already current (and not degraded): nothing was done.
+    Unchanged,
+}
+
+impl std::fmt::Display for Deployed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Deployed::Deployed => "deployed",
+            Deployed::Unchanged => "unchanged",
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct DeployOutcome {
     pub app: String,
     pub version: String,
     pub previous: Option<String>,
-    /// "deployed" or "unchanged" (the version was already current).
-    pub outcome: &'static str,
+    pub outcome: Deployed,
     pub health: String,
     pub pruned: Vec<String>,
     /// Bytes downloaded for this deploy (0: the archive was given, on disk, or dropped in the inbox).
@@ -70,7 +88,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
     };
     let _lock = app.lock_preempting(wait, "deploy", Some(&req.version))?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
-    let mut ev = app.event("deploy");
+    let mut ev = app.event(crate::statedir::history::Action::Deploy);
     ev.version = Some(req.version.to_string());
     ev.reason = req.reason.clone();
     let previous = app.store.current()?;
@@ -148,7 +166,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 app: app.name.clone(),
                 version: v.to_string(),
                 previous: previous.as_ref().map(ToString::to_string),
-                outcome: "unchanged",
+                outcome: Deployed::Unchanged,
                 health: String::new(),
                 pruned: vec![],
                 downloaded: 0,
@@ -179,7 +197,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                     app: app.name.clone(),
                     version: v.to_string(),
                     previous: previous.as_ref().map(ToString::to_string),
-                    outcome: "deployed",
+                    outcome: Deployed::Deployed,
                     health,
                     pruned,
                     downloaded: req.fetched.as_ref().map_or(0, |f| f.bytes),

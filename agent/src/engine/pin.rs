@@ -34,7 +34,7 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait
     }
     crate::engine::plan::not_bad(&state, version, force).map_err(|held| held.error(&app.name, version))?;
     let current = app.store.current()?;
-    let mut ev = app.event("pin");
+    let mut ev = app.event(crate::statedir::history::Action::Pin);
     ev.version = Some(version.to_string());
     ev.previous = state.pin.as_ref().map(|p| p.version.to_string());
     ev.reason = reason.map(str::to_owned);
@@ -62,7 +62,7 @@ pub fn unpin(app: &App, wait: Duration) -> anyhow::Result<Option<String>> {
     let _lock = app.lock(wait, "unpin")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let Some(old) = state.pin.take() else { return Ok(None) };
-    let mut ev = app.event("unpin");
+    let mut ev = app.event(crate::statedir::history::Action::Unpin);
     ev.previous = Some(old.version.to_string());
     app.recorded(ev, &mut tl, |_, _| state.save(None))?;
     Ok(Some(old.version.to_string()))

@@ -2,6 +2,7 @@
 //! (signature, app, channel, sequence, expiry; the accepted sequence is saved durably), fetch the artifact and
 //! hand it to the ordinary deploy path. Used by the daemon's workers and by `deploy APP --version V`.
 
+use crate::source::origin::Origin;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -49,7 +50,7 @@ pub async fn poll_channel(app: &App, src: &Source, etag: &mut Option<String>) ->
         Fetched::Body { bytes, .. } => String::from_utf8_lossy(&bytes).into_owned(),
         _ => return Ok(Polled::Refused { reason: format!("{} has no signature", src.describe(&key)) }),
     };
-    let from = src.describe(&key);
+    let from = Origin::Channel(src.describe(&key));
     let app2 = app.clone();
     let verdict =
         tokio::task::spawn_blocking(move || accept_under_lock(&app2, &bytes, &sig, &from)).await.map_err(|e| {
@@ -79,7 +80,7 @@ pub enum AcceptError {
 
 /// Verifies a manifest and, when it is new, saves it as the app's accepted manifest (under the app's lock, so the
 /// sequence check and the write are one step). Refusals are logged with their reason.
-pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Result<Polled, AcceptError> {
+pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &Origin) -> Result<Polled, AcceptError> {
     let keys = crate::config::parse_keys(&app.cfg.trusted_keys)
         .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e, retry: false }))?;
     // The signature is checked before anything else is believed, and before the lock is taken.
@@ -103,14 +104,14 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Resu
             new: false,
         }),
         Ok(Verdict::New(m)) => {
-            let accepted = m.accepted(from).map_err(AcceptError::Other)?;
+            let accepted = m.accepted(from.clone()).map_err(AcceptError::Other)?;
             tracing::info!(
                 "{}: accepted manifest {from}: version {} (sequence {})",
                 app.name,
                 accepted.version,
                 accepted.sequence
             );
-            let mut ev = app.event("accept");
+            let mut ev = app.event(crate::statedir::history::Action::Accept);
             ev.version = Some(accepted.version.to_string());
             ev.previous = state.channel.as_ref().map(|c| c.version.to_string());
             ev.reason = Some(format!("manifest {from}, sequence {}", accepted.sequence));
@@ -136,13 +137,12 @@ pub async fn fetch_artifact(
     want: &Accepted,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(PathBuf, Option<crate::engine::deploy::Fetched>), Error> {
-    if let Some(path) = want.from.strip_prefix(INBOX_PREFIX) {
-        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    if let Some(dir) = want.from.inbox_dir() {
         let name = Path::new(&want.artifact).file_name().unwrap_or_default();
         return Ok((dir.join(name), None));
     }
     let src = src.ok_or_else(|| Error::Source {
-        source_url: want.from.clone(),
+        source_url: want.from.to_string(),
         message: "the app has no `source` configured any more".to_owned(),
     })?;
     let started = std::time::Instant::now();
@@ -197,19 +197,6 @@ pub fn terminal_progress(what: String) -> impl Fn(u64, u64) + Sync {
         );
     }
 }
-
-/// A one-line summary of a download's progress (for `STATUS=` and `status`).
-pub fn progress_text(v: &str, n: u64, total: u64) -> String {
-    let pct = n.saturating_mul(100).checked_div(total).unwrap_or(100);
-    format!(
-        "downloading {v} ({} of {}, {pct}%)",
-        bytesize::ByteSize(n).display().iec(),
-        bytesize::ByteSize(total).display().iec()
-    )
-}
-
-/// `from` of a manifest accepted from the inbox: `inbox:` and the manifest's path.
-pub const INBOX_PREFIX: &str = "inbox:";
 
 /// `deploy APP --version V` without `--file`: a release already on disk is deployed from disk (no network);
 /// otherwise the channel manifest is fetched (and accepted if new), and V is fetched only if a signed manifest

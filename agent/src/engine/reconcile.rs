@@ -10,6 +10,7 @@ use crate::base::verdict::Verdict;
 use crate::base::version::Version;
 use crate::engine::activate;
 use crate::engine::plan::{self, Recovery};
+use crate::statedir::history::{Action, Outcome};
 use crate::statedir::journal::Journal;
 use crate::statedir::state::Op;
 
@@ -33,7 +34,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<Journal> {
     }
     // Before anything restarts again: a restart command or hook the killed agent was waiting for.
     notes.extend(crate::host::command::kill_leftovers(&app.state_dir));
-    let mut ev = app.event("recover");
+    let mut ev = app.event(Action::Recover);
     let mut failure = None;
     let was = |v: &Option<Version>| v.as_ref().map_or("nothing".to_owned(), ToString::to_string);
     match plan::recovery(&state, actual.as_ref()) {
@@ -112,7 +113,7 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<Journal> {
     // longer says what was interrupted, this event is the only trace of it. A crash in between repeats the
     // recovery (and its event) at the next command instead of losing it.
     if !notes.is_empty() {
-        ev.outcome = if failure.is_some() { "failed".into() } else { "recovered".into() };
+        ev.outcome = if failure.is_some() { Outcome::Failed } else { Outcome::Recovered };
         ev.duration_ms = tl.elapsed_ms();
         ev.reason = Some(notes.join("; "));
         ev.steps = tl.steps.clone();

@@ -22,7 +22,7 @@ pub fn prune(app: &App, keep: Option<usize>, wait: Duration, print: bool) -> any
     let _lock = app.lock(wait, "prune")?;
     let mut state = reconcile::reconcile(app, &mut tl)?;
     let keep = keep.unwrap_or(app.cfg.keep);
-    let mut ev = app.event("prune");
+    let mut ev = app.event(crate::statedir::history::Action::Prune);
     ev.reason = Some(format!("keep {keep}"));
     let removed = app.recorded(ev, &mut tl, |ev, _| {
         let removed = remove(app, &mut state, keep)?;
@@ -43,7 +43,7 @@ pub fn record_prune_after_deploy(app: &App, v: &str, removed: &[String]) -> anyh
     if removed.is_empty() {
         return Ok(());
     }
-    let mut ev = app.event("prune");
+    let mut ev = app.event(crate::statedir::history::Action::Prune);
     ev.reason = Some(format!("after the deploy of {v} (keep {})", app.cfg.keep));
     ev.version = Some(v.to_owned());
     ev.removed = removed.to_vec();

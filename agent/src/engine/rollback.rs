@@ -41,7 +41,7 @@ pub fn rollback(
         // The daemon's deploy of `before` was cancelled for this command and has already gone back: that is the
         // rollback asked for. Going back once more would skip a good release.
         if *before != current && state.bad.contains_key(before) && state.last_good.as_ref() == Some(&current) {
-            let mut ev = app.event("rollback");
+            let mut ev = app.event(crate::statedir::history::Action::Rollback);
             ev.version = Some(current.to_string());
             ev.previous = Some(before.to_string());
             ev.reason = Some(format!(
@@ -71,7 +71,7 @@ pub fn rollback(
             .ok_or_else(|| Error::NoRollbackTarget { app: app.name.clone() })?,
     };
     crate::engine::plan::may_switch_to(&state, &target, force).map_err(|held| held.error(&app.name, &target))?;
-    let mut ev = app.event("rollback");
+    let mut ev = app.event(crate::statedir::history::Action::Rollback);
     ev.version = Some(target.to_string());
     ev.previous = Some(current.to_string());
     ev.reason = reason.map(str::to_owned);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::app::App;
+use crate::base::activity::Activity;
 use crate::base::progress::{self, Interrupt};
 use crate::base::verdict::Verdict;
 use crate::config::CheckConfig;
@@ -151,7 +152,8 @@ pub fn verify(
             Err(Interrupt::Shutdown) => Err(Error::Interrupted { app: app.name.clone(), step: stage.to_owned() }),
         }
     };
-    progress::set_activity(format!("deploying {version} (starting)"));
+    let stage = |s: String| progress::set_activity(Activity::Deploying { version: version.to_owned(), stage: Some(s) });
+    stage("starting".to_owned());
     let start = Instant::now();
     if let Err(e) = pause(policy.start_period, "the checks' start period")? {
         return Ok(Verdict::Unhealthy(e));
@@ -163,14 +165,14 @@ pub fn verify(
         match round(app, version, release_dir, restarted) {
             Ok(_) => {
                 passes += 1;
-                progress::set_activity(format!("deploying {version} (checks {passes}/{})", policy.healthy_after));
+                stage(format!("checks {passes}/{}", policy.healthy_after));
                 if passes >= policy.healthy_after {
                     break;
                 }
             }
             Err(e) => {
                 passes = 0;
-                progress::set_activity(format!("deploying {version} (checks 0/{}: {e})", policy.healthy_after));
+                stage(format!("checks 0/{}: {e}", policy.healthy_after));
                 last_failure = e;
             }
         }
@@ -190,10 +192,7 @@ pub fn verify(
     let bake_end = Instant::now() + bake_for;
     while Instant::now() < bake_end {
         crate::base::crashpoint::hit(crate::base::crashpoint::Point::DuringBake);
-        progress::set_activity(format!(
-            "deploying {version} (baking, {} left)",
-            fmt_secs(bake_end.saturating_duration_since(Instant::now()))
-        ));
+        stage(format!("baking, {} left", fmt_secs(bake_end.saturating_duration_since(Instant::now()))));
         if let Err(e) =
             pause(policy.interval.min(bake_end.saturating_duration_since(Instant::now())), "the bake window")?
         {

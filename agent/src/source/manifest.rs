@@ -46,7 +46,7 @@ pub struct Accepted {
     pub expires: String,
     pub accepted_at: String,
     /// Where it came from: the channel's URL or the inbox file.
-    pub from: String,
+    pub from: crate::source::origin::Origin,
 }
 
 /// Why a manifest was not accepted.
@@ -193,7 +193,7 @@ pub fn check(
 }
 
 impl Manifest {
-    pub fn accepted(&self, from: &str) -> anyhow::Result<Accepted> {
+    pub fn accepted(&self, from: crate::source::origin::Origin) -> anyhow::Result<Accepted> {
         Ok(Accepted {
             sequence: self.sequence,
             version: Version::parse(&self.version)?,
@@ -202,7 +202,7 @@ impl Manifest {
             artifact: self.artifact.clone(),
             expires: self.expires.clone(),
             accepted_at: crate::base::fsutil::now_rfc3339(),
-            from: from.to_owned(),
+            from,
         })
     }
 }
@@ -335,8 +335,8 @@ mod tests {
     #[test]
     fn replay_expiry_and_wrong_target_are_refused() {
         let now = SystemTime::now();
-        let last =
-            Manifest::accepted(&serde_json::from_slice(&manifest(10, "2.0.0", &future())).unwrap(), "x").unwrap();
+        let last = Manifest::accepted(&serde_json::from_slice(&manifest(10, "2.0.0", &future())).unwrap(), "x".into())
+            .unwrap();
         let older = manifest(9, "1.0.0", &future());
         assert!(check(&older, "web", "production", Some(&last), now, LIFE).unwrap_err().reason.contains("replayed"));
         assert_eq!(

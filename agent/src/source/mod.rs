@@ -8,3 +8,4 @@
 pub mod artifact;
 pub mod bucket;
 pub mod manifest;
+pub mod origin;

@@ -12,12 +12,10 @@ use crate::base::fsutil;
 pub struct Event {
     pub time: String,
     pub app: String,
-    pub op: String,
+    pub op: Action,
     pub version: Option<String>,
     pub previous: Option<String>,
-    /// "ok", "rolled-back", "rollback-failed", "failed", "refused", "recovered", "interrupted" (the command
-    /// ended before recording its outcome; recorded by the next one).
-    pub outcome: String,
+    pub outcome: Outcome,
     pub duration_ms: u64,
     pub reason: Option<String>,
     pub who: Who,
@@ -29,6 +27,72 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
 }
+
+/// What an event records: the command (or the daemon's step) that changed the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Deploy,
+    Rollback,
+    /// What reconcile did after an interrupted command.
+    Recover,
+    Pin,
+    Unpin,
+    Clear,
+    Prune,
+    /// The daemon accepted a new channel manifest.
+    Accept,
+    /// Written by a newer Switchback: kept readable, shown as `unknown`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// How an event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    /// A deploy failed its checks and the app went back to the last good release (exit 3).
+    RolledBack,
+    /// The way back failed too: the app needs a person (exit 4).
+    RollbackFailed,
+    /// The app's lock was held by someone else (exit 5).
+    Busy,
+    Failed,
+    /// Reconcile finished or undid an interrupted command.
+    Recovered,
+    /// The command ended before recording its outcome (recorded by the next one), or was stopped at a safe point
+    /// by the daemon's shutdown.
+    Interrupted,
+    /// Written by a newer Switchback: kept readable, shown as `unknown`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// The same words as in the JSON (`deploy`, `rolled-back`, ...); padding applies.
+macro_rules! words {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+words!(Action {
+    Deploy => "deploy", Rollback => "rollback", Recover => "recover", Pin => "pin", Unpin => "unpin",
+    Clear => "clear", Prune => "prune", Accept => "accept", Unknown => "unknown",
+});
+words!(Outcome {
+    Ok => "ok", RolledBack => "rolled-back", RollbackFailed => "rollback-failed", Busy => "busy",
+    Failed => "failed", Recovered => "recovered", Interrupted => "interrupted", Unknown => "unknown",
+});
 
 /// Who did something, as far as the kernel can vouch for it: the real uid and the login uid (set at login, kept
 /// across `sudo` and `su`, and not changeable by the process). `SUDO_USER` is only an environment variable, which
@@ -98,14 +162,14 @@ impl Who {
 use crate::base::timeline::Timing;
 
 impl Event {
-    pub fn new(app: &str, op: &str) -> Event {
+    pub fn new(app: &str, op: Action) -> Event {
         Event {
             time: fsutil::now_rfc3339(),
             app: app.to_owned(),
-            op: op.to_owned(),
+            op,
             version: None,
             previous: None,
-            outcome: "ok".to_owned(),
+            outcome: Outcome::Ok,
             duration_ms: 0,
             reason: None,
             who: Who::me(),
@@ -148,4 +212,24 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Event>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_and_outcomes_keep_their_words() {
+        for (a, w) in [(Action::Deploy, "deploy"), (Action::Recover, "recover"), (Action::Accept, "accept")] {
+            assert_eq!(serde_json::to_value(a).unwrap(), w);
+            assert_eq!(a.to_string(), w);
+        }
+        for (o, w) in [(Outcome::RolledBack, "rolled-back"), (Outcome::RollbackFailed, "rollback-failed")] {
+            assert_eq!(serde_json::to_value(o).unwrap(), w);
+            assert_eq!(serde_json::from_value::<Outcome>(w.into()).unwrap(), o);
+        }
+        assert_eq!(format!("{:<8}|", Action::Pin), "pin     |");
+        // A word from a newer version is read, not dropped with its event.
+        assert_eq!(serde_json::from_value::<Outcome>("paused".into()).unwrap(), Outcome::Unknown);
+    }
 }
