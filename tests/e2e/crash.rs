@@ -359,8 +359,11 @@ const PRUNE_CASES: &[Case] = &[
 
 /// The points a test of their own kills at (`crash/prune_reconcile.rs`, `crash/deploy.rs`; the others are in the
 /// case tables above).
+#[cfg(feature = "crash-points")]
 const RECONCILE_MID_RECOVERY: &str = "reconcile-mid-recovery";
+#[cfg(feature = "crash-points")]
 const RECONCILE_AFTER_RECORD: &str = "reconcile-after-record";
+#[cfg(feature = "crash-points")]
 const AFTER_DOWNLOAD: &str = "after-download";
 
 /// Every crash point the agent has is killed at by one of the tests in `crash/`: a new point without a test, or a

@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::crash::{
-    archive, assert_complete, assert_settled, configure, deploy, recover_events, release_problem, release_tree,
-    release_with, state, FAST,
+    archive, assert_complete, assert_settled, configure, deploy, release_problem, release_tree, release_with,
 };
+#[cfg(feature = "crash-points")]
+use crate::crash::{recover_events, state, FAST};
 use crate::harness::*;
 
 /// A tmpfs of `size` mounted on `dir` (the tests run as root); unmounted on drop, even after a panic.
@@ -44,6 +45,7 @@ impl Tmpfs {
     }
 
     /// Fills the filesystem to the last page with `DIR/filler`; returns its path.
+    #[cfg(feature = "crash-points")]
     fn fill(&self) -> PathBuf {
         let path = self.dir.join("filler");
         let mut f = std::fs::File::create(&path).unwrap();

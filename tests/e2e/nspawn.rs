@@ -359,6 +359,7 @@ deadline = "3s"
         assert_eq!(o.code, 0, "publish {version}: {o:#?}");
     }
 
+    #[cfg(feature = "crash-points")]
     fn dropin(&self, name: &str) -> PathBuf {
         self.dir.path().join("switchback.service.d").join(name)
     }

@@ -2,17 +2,16 @@
 //! (progress to stderr); with `--json`, stdout carries one JSON document with a `schema` number.
 
 mod entry;
+mod report;
+
+pub use report::Report;
 
 pub use entry::{finish, init_logging, parse};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::io::Write;
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use serde::Serialize;
 
 use crate::app::App;
 use crate::base::exit;
@@ -195,82 +194,60 @@ fn version(s: &str) -> Result<Version, Error> {
     Ok(Version::parse(s)?)
 }
 
-/// Prints `value` as a JSON document with the schema number added.
-pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut so = std::io::stdout();
-    let mut v = serde_json::to_value(value).context("serializing output")?;
-    if let serde_json::Value::Object(map) = &mut v {
-        map.insert("schema".to_owned(), JSON_SCHEMA.into());
-    }
-    writeln!(so, "{}", serde_json::to_string_pretty(&v)?)?;
-    Ok(())
-}
-
 /// Whether `e` is stdout closed under us (`status | head`): not a failure of the command, nothing to report.
 pub fn stdout_closed(e: &anyhow::Error) -> bool {
     e.chain().count() == 1
         && e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
-/// Runs a parsed command; returns the exit code.
-/// Runs the parsed command; async work runs on `rt`, the process's one runtime.
+/// Runs the parsed command and says its report on stdout; returns the exit code. Async work runs on `rt`, the
+/// process's one runtime.
 pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
-    let mut so = std::io::stdout();
+    if let Command::Daemon = cli.command {
+        return crate::daemon::run(&config_path(&cli), rt);
+    }
+    let report = execute(&cli, rt)?;
+    report.render(&mut std::io::stdout(), cli.json)?;
+    if let Report::Checked { failed: Some(e), .. } = &report {
+        crate::base::progress::note!("error: {e}");
+    }
+    Ok(report.exit_code())
+}
+
+/// Does what the command asks and returns what it found or did, rendering nothing.
+pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report> {
     let print = !cli.quiet
         && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
-    let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(&cli)?, name) };
-    match &cli.command {
-        Command::Daemon => return crate::daemon::run(&config_path(&cli), rt),
+    let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(cli)?, name) };
+    Ok(match &cli.command {
+        Command::Daemon => anyhow::bail!("the daemon is run by `run`, not as a command with a report"),
         Command::Keygen { out } => {
-            let pk = crate::source::manifest::keygen(out)?;
-            if cli.json {
-                print_json(&serde_json::json!({ "public_key": pk, "prefix": out }))?;
-            } else {
-                writeln!(so, "wrote {0}.key (secret, no password) and {0}.pub", out.display())?;
-                writeln!(so, "trusted_keys = [\"{pk}\"]")?;
-            }
+            Report::Keygen { public_key: crate::source::manifest::keygen(out)?, prefix: out.clone() }
         }
-        Command::Publish(a) => {
-            let out = crate::publish::publish(
-                &crate::publish::PublishRequest {
-                    base: a.to.clone(),
-                    app: a.app.clone(),
-                    channel: a.channel.clone(),
-                    version: version(&a.version)?,
-                    key: a.key.clone(),
-                    dir: a.dir.clone(),
-                    file: a.file.clone(),
-                    promote_only: a.promote_only,
-                    expires_in: a.expires_in,
-                    options: crate::source::bucket::Options {
-                        endpoint: a.endpoint.clone(),
-                        region: a.region.clone(),
-                        allow_http: a.allow_http,
-                        download: Default::default(),
-                    },
+        Command::Publish(a) => Report::Published(crate::publish::publish(
+            &crate::publish::PublishRequest {
+                base: a.to.clone(),
+                app: a.app.clone(),
+                channel: a.channel.clone(),
+                version: version(&a.version)?,
+                key: a.key.clone(),
+                dir: a.dir.clone(),
+                file: a.file.clone(),
+                promote_only: a.promote_only,
+                expires_in: a.expires_in,
+                options: crate::source::bucket::Options {
+                    endpoint: a.endpoint.clone(),
+                    region: a.region.clone(),
+                    allow_http: a.allow_http,
+                    download: Default::default(),
                 },
-                rt,
-            )?;
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                writeln!(
-                    so,
-                    "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{})",
-                    out.app,
-                    out.channel,
-                    out.version,
-                    out.sequence,
-                    out.sha256,
-                    out.size,
-                    if out.uploaded { ", uploaded" } else { ", already uploaded" }
-                )?;
-            }
-        }
+            },
+            rt,
+        )?),
         Command::Deploy { app: name, file, version: v, force, reason } => {
             let app = app(name)?;
             let v = version(v)?;
-            let out = match file {
+            Report::Deployed(match file {
                 Some(file) => crate::engine::deploy::deploy(
                     &app,
                     &crate::engine::deploy::DeployRequest {
@@ -285,32 +262,22 @@ pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
                     print,
                 )?,
                 None => crate::engine::pull::deploy_version(&app, &v, *force, reason.clone(), cli.wait, print, rt)?,
-            };
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                writeln!(
-                    so,
-                    "{}: {} {} ({})",
-                    out.app,
-                    out.version,
-                    out.outcome,
-                    if out.health.is_empty() { "already current" } else { &out.health }
-                )?;
-            }
+            })
         }
         Command::Rollback { app: name, to, reason, force } => {
             let to = to.as_deref().map(version).transpose()?;
             let app = app(name)?;
-            let out = crate::engine::rollback::rollback(&app, to.as_ref(), reason.as_deref(), *force, cli.wait, print)?;
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                writeln!(so, "{}: rolled back from {} to {} ({})", out.app, out.from, out.to, out.health)?;
-            }
+            Report::RolledBack(crate::engine::rollback::rollback(
+                &app,
+                to.as_ref(),
+                reason.as_deref(),
+                *force,
+                cli.wait,
+                print,
+            )?)
         }
         Command::Status { app: name } => {
-            let config = load_config(&cli)?;
+            let config = load_config(cli)?;
             let names: Vec<String> = match name {
                 Some(n) => {
                     config.app(n)?;
@@ -322,112 +289,33 @@ pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
             for n in names {
                 all.push(crate::engine::status::app_status(&App::from_config(&config, &n)?)?);
             }
-            if cli.json {
-                print_json(&serde_json::json!({ "apps": all }))?;
-            } else {
-                for s in &all {
-                    crate::engine::status::print_human(s, &mut so)?;
-                }
-            }
+            Report::Status(all)
         }
-        Command::Releases { app: name } => {
-            let s = crate::engine::status::app_status(&app(name)?)?;
-            if cli.json {
-                print_json(&serde_json::json!({ "app": s.app, "releases": s.releases }))?;
-            } else {
-                crate::engine::status::print_releases(&s, &mut so)?;
-            }
-        }
+        Command::Releases { app: name } => Report::Releases(Box::new(crate::engine::status::app_status(&app(name)?)?)),
         Command::History { app: name, limit } => {
             let app = app(name)?;
             let mut events = history::read(&app.history_path())?;
             if let Some(n) = limit {
                 events.drain(..events.len().saturating_sub(*n));
             }
-            if cli.json {
-                print_json(&serde_json::json!({ "app": app.name, "events": events }))?;
-            } else {
-                for e in &events {
-                    let v = match (&e.previous, &e.version) {
-                        (Some(p), Some(v)) => format!("{p} -> {v}"),
-                        (None, Some(v)) => v.clone(),
-                        (Some(p), None) => p.clone(),
-                        (None, None) => String::new(),
-                    };
-                    writeln!(
-                        so,
-                        "{}  {:<8} {:<16} {:<15} {:>6}ms  {}  {}",
-                        e.time,
-                        e.op,
-                        v,
-                        e.outcome,
-                        e.duration_ms,
-                        e.who.describe(),
-                        e.reason.as_deref().unwrap_or("")
-                    )?;
-                }
-            }
+            Report::History { app: app.name, events }
         }
         Command::Pin { app: name, version: v, reason, force } => {
             let v = version(v)?;
-            let out = crate::engine::pin::pin(&app(name)?, &v, reason.as_deref(), *force, cli.wait)?;
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                match &out.switched_from {
-                    Some(from) => writeln!(
-                        so,
-                        "{name}: switched from {from} to {v} ({}) and pinned it",
-                        out.health.as_deref().unwrap_or("")
-                    )?,
-                    None => writeln!(so, "{name}: pinned to {v}")?,
-                }
-            }
+            Report::Pinned(crate::engine::pin::pin(&app(name)?, &v, reason.as_deref(), *force, cli.wait)?)
         }
         Command::Clear { app: name, bad, all_bad, reason } => {
             let bad = bad.iter().map(|v| version(v)).collect::<Result<Vec<_>, _>>()?;
-            let out = crate::engine::clear::clear(&app(name)?, &bad, *all_bad, reason.as_deref(), cli.wait)?;
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                let mut parts = Vec::new();
-                if let Some(d) = &out.degraded {
-                    parts.push(format!("no longer degraded (was: {d})"));
-                }
-                if !out.bad.is_empty() {
-                    parts.push(format!("no longer marked bad: {}", out.bad.join(", ")));
-                }
-                writeln!(
-                    so,
-                    "{name}: {}",
-                    if parts.is_empty() { "nothing to clear".to_owned() } else { parts.join("; ") }
-                )?;
-            }
+            Report::Cleared(crate::engine::clear::clear(&app(name)?, &bad, *all_bad, reason.as_deref(), cli.wait)?)
         }
         Command::Unpin { app: name } => {
-            let old = crate::engine::pin::unpin(&app(name)?, cli.wait)?;
-            if cli.json {
-                print_json(&serde_json::json!({ "app": name, "unpinned": old }))?;
-            } else {
-                writeln!(so, "{name}: {}", old.map_or("was not pinned".to_owned(), |v| format!("unpinned (was {v})")))?;
-            }
+            Report::Unpinned { was: crate::engine::pin::unpin(&app(name)?, cli.wait)?, app: name.clone() }
         }
         Command::Prune { app: name, keep } => {
             if *keep == Some(0) {
                 return Err(Error::Usage("--keep must be at least 1".into()).into());
             }
-            let out = crate::engine::retention::prune(&app(name)?, *keep, cli.wait, print)?;
-            if cli.json {
-                print_json(&out)?;
-            } else {
-                writeln!(
-                    so,
-                    "{}: removed {}; kept {}",
-                    out.app,
-                    if out.removed.is_empty() { "nothing".into() } else { out.removed.join(", ") },
-                    out.kept.join(", ")
-                )?;
-            }
+            Report::Pruned(crate::engine::retention::prune(&app(name)?, *keep, cli.wait, print)?)
         }
         Command::Check { app: name } => {
             let app = app(name)?;
@@ -436,48 +324,20 @@ pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
                 app: app.name.clone(),
                 reason: format!("{}: {}", bad.check, bad.detail),
             });
-            if cli.json {
-                // One document, failed or not: the results, and the error with its exit code when one failed.
-                let mut doc =
-                    serde_json::json!({ "app": app.name, "checked": !results.is_empty(), "results": results });
-                doc["healthy"] = failed.is_none().into();
-                if let Some(e) = &failed {
-                    doc["error"] = e.to_string().into();
-                    doc["exit_code"] = e.exit_code().into();
-                }
-                print_json(&doc)?;
-            } else {
-                if results.is_empty() {
-                    writeln!(so, "{}: no health checks configured (unchecked)", app.name)?;
-                }
-                for r in &results {
-                    writeln!(so, "{} {:<40} {:>5}ms  {}", if r.ok { "ok  " } else { "FAIL" }, r.check, r.ms, r.detail)?;
-                }
-            }
-            if let Some(e) = failed {
-                crate::base::progress::note!("error: {e}");
-                return Ok(e.exit_code());
-            }
+            Report::Checked { app: app.name, results, failed }
         }
         Command::Config { command: ConfigCommand::Check } => {
-            let path = config_path(&cli);
+            let path = config_path(cli);
             let config = Config::load(&path)?;
-            if cli.json {
-                print_json(
-                    &serde_json::json!({ "config": path, "valid": true, "apps": config.apps.keys().collect::<Vec<_>>() }),
-                )?;
-            } else {
-                writeln!(
-                    so,
-                    "{}: ok ({} app(s): {})",
-                    path.display(),
-                    config.apps.len(),
-                    config.apps.keys().cloned().collect::<Vec<_>>().join(", ")
-                )?;
-            }
+            Report::ConfigChecked { apps: config.apps.keys().cloned().collect(), path }
         }
-        Command::Demo { keep } => crate::demo::run(*keep)?,
-        Command::DemoService(args) => crate::demo::serve(args)?,
-    }
-    Ok(exit::SUCCESS)
+        Command::Demo { keep } => {
+            crate::demo::run(*keep)?;
+            Report::Done
+        }
+        Command::DemoService(args) => {
+            crate::demo::serve(args)?;
+            Report::Done
+        }
+    })
 }

@@ -5,7 +5,9 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
-use super::{deploy_event, status};
+use super::deploy_event;
+#[cfg(feature = "crash-points")]
+use super::status;
 use crate::bucket::{publish, release_dir, wait_for, Daemon};
 use crate::daemon::{file_host, notify_socket, wait_served, S3Host, HEALTH, LIVE};
 use crate::harness::*;
