@@ -9,18 +9,18 @@
 //!
 //! | module | what it is | uses |
 //! |---|---|---|
-//! | `base/` | versions, redaction, durable writes, trust checks, owners, crash points, progress, timeline, exit codes | nothing of ours |
+//! | `base/` | versions, redaction, durable writes, trust checks, owners, crash points, progress and the daemon's activity, timeline, verdicts, exit codes | nothing of ours |
 //! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release | base |
 //! | `error` | the typed errors and the one mapping of errors to exit codes | base, store |
 //! | `config/` | the configuration file, parsed and validated once | base, store, error |
-//! | `source/` | buckets, signed manifests, the artifact's one descriptor | base, error, config |
-//! | `statedir/` | state (the intent journal), history, locks | base, error, source |
+//! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor | base, error, config |
+//! | `statedir/` | state, the journal (its one writer), history, locks | base, error, source |
 //! | `app/` | one managed app: its config, store and state paths, and the checks of what runs | all of the above |
 //! | `host/` | commands, the service, health checks, hooks | base … app |
-//! | `engine/` | deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
+//! | `engine/` | the pure decisions (`plan`: the switch gate, recovery, convergence), then deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
 //! | `daemon/` | the systemd service: one worker per app follows its channel and inbox | base … engine |
 //! | `publish`, `demo` | the CI side (keygen, publish) and the self-contained demo | base … engine |
-//! | `cli/` | the command line: parse, dispatch, render | everything |
+//! | `cli/` | the command line: parse, execute into a report, render it (human or JSON) | everything |
 
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
-//! The command line: clap definitions and the dispatch to library operations. Output for people goes to stdout
-//! (progress to stderr); with `--json`, stdout carries one JSON document with a `schema` number.
+//! The command line: clap definitions, and the execution of a command into a [`Report`] (what it found or did),
+//! rendered on stdout for people (progress goes to stderr) or, with `--json`, as one JSON document with a
+//! `schema` number.
 
 mod entry;
 mod report;
