@@ -26,6 +26,8 @@ pub struct App {
     pub run_as: Option<Owner>,
     /// The group that may read `status` and `history` (the state files); `None`: root's alone.
     pub read_group: Option<rustix::fs::Gid>,
+    /// `trusted_keys`, parsed once: the keys a channel manifest must be signed with.
+    pub trusted_keys: Vec<minisign_verify::PublicKey>,
 }
 
 impl App {
@@ -46,7 +48,10 @@ impl App {
             .map(crate::base::trust::group)
             .transpose()
             .map_err(|e| invalid("read_group", e))?;
+        let trusted_keys =
+            crate::config::parse_keys(&cfg.trusted_keys).map_err(|e| invalid("trusted_keys", e.to_string()))?;
         Ok(App {
+            trusted_keys,
             name: name.to_owned(),
             store: Store::new(&cfg.root, owner),
             run_as,

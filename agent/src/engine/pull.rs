@@ -81,10 +81,8 @@ pub enum AcceptError {
 /// Verifies a manifest and, when it is new, saves it as the app's accepted manifest (under the app's lock, so the
 /// sequence check and the write are one step). Refusals are logged with their reason.
 pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &Origin) -> Result<Polled, AcceptError> {
-    let keys = crate::config::parse_keys(&app.cfg.trusted_keys)
-        .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e, retry: false }))?;
     // The signature is checked before anything else is believed, and before the lock is taken.
-    if let Err(r) = manifest::verify_signature(bytes, sig, &keys) {
+    if let Err(r) = manifest::verify_signature(bytes, sig, &app.trusted_keys) {
         tracing::warn!("{}: refused manifest {from}: {}", app.name, r.reason);
         return Err(AcceptError::Refused(r));
     }
