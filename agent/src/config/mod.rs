@@ -46,6 +46,10 @@ pub struct AppConfig {
     pub root: PathBuf,
     #[serde(default = "default_keep")]
     pub keep: usize,
+    /// How unchanged files are shared with the releases on disk: "auto" (reflink, else hard link), "reflink",
+    /// "hardlink" or "off".
+    #[serde(default)]
+    pub reuse: crate::store::reuse::ReuseMode,
     /// The app's place in the artifact bucket, `BASE/APP` (s3://, gs://, az://, https://, file://).
     pub source: Option<String>,
     /// S3-compatible endpoint (e.g. a MinIO or Garage server); AWS itself needs none.

@@ -232,9 +232,10 @@ fn stage_release(
         let staging = app.store.stage(v)?;
         let file = artifact.reader()?;
         let print = tl.prints();
+        let mut donors = donors(app, state, v);
         let report = tl.step("unpack", || {
             crate::base::progress::long_work(format!("deploying {v}"), print, || {
-                unpack::unpack_tar_zst_with(
+                unpack::unpack_tar_zst_reusing(
                     std::io::BufReader::with_capacity(64 << 10, file),
                     staging.fd(),
                     &app.cfg.limits,
@@ -243,17 +244,25 @@ fn stage_release(
                         location: Some(app.store.release_dir(v)),
                         outside: app.cfg.outside_links.clone(),
                     },
+                    &mut donors,
                 )
             })
             .map_err(|source| unpack_failed(app, &archive, &staging, source))
             .map(|r| {
-                let d = format!(
+                let mut d = format!(
                     "{} files, {} dirs, {} links, {}",
                     r.files,
                     r.dirs,
                     r.symlinks + r.hardlinks,
                     bytesize::ByteSize(r.bytes).display().iec()
                 );
+                if r.reused > 0 {
+                    d.push_str(&format!(
+                        "; {} files ({}) shared with releases on disk",
+                        r.reused,
+                        bytesize::ByteSize(r.reused_bytes).display().iec()
+                    ));
+                }
                 (r, Some(d))
             })
         })?;
@@ -278,6 +287,23 @@ fn stage_release(
         return Err(e);
     }
     state.advance(Step::Released, None)
+}
+
+/// The releases a new release `v` may share unchanged files with: the current one and the last good one, when
+/// they are on disk with an index.
+fn donors(app: &App, state: &crate::statedir::journal::Journal, v: &Version) -> crate::store::reuse::Donors {
+    let mut versions: Vec<&Version> = Vec::new();
+    for d in [state.current.as_ref(), state.last_good.as_ref()].into_iter().flatten() {
+        if d != v && !versions.contains(&d) {
+            versions.push(d);
+        }
+    }
+    let paths: Vec<(PathBuf, PathBuf)> = versions
+        .into_iter()
+        .map(|d| (app.store.release_dir(d), crate::store::index::path(&app.state_dir, d.as_str())))
+        .collect();
+    let refs: Vec<(&Path, &Path)> = paths.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
+    crate::store::reuse::Donors::load(app.cfg.reuse, &refs, app.store.read_group())
 }
 
 /// An unpack that failed, by its consequence. Only a refusal of the archive itself is [`Error::ArchiveRefused`]

@@ -8,4 +8,5 @@
 
 pub mod index;
 pub mod layout;
+pub mod reuse;
 pub mod unpack;

@@ -11,6 +11,7 @@
 
 mod compression;
 mod error;
+mod file;
 mod format;
 mod limits;
 mod links;
@@ -20,18 +21,17 @@ mod tree;
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
 
-use rustix::fs::{AtFlags, Gid, Mode, OFlags};
+use rustix::fs::{AtFlags, Gid, Mode};
 use serde::Serialize;
-use sha2::Digest;
 
-use crate::base::fsutil::open_beneath;
+use crate::store::reuse::Donors;
 use compression::{not_zstd, zstd_error, ZstdErrors};
 use error::{display_bytes, Here};
 pub use error::{Refusal, UnpackError};
 pub use limits::Limits;
 pub use links::LinkPolicy;
 use pax::{parse_global_pax, parse_pax};
-use tree::{dir_mode, file_mode};
+use tree::dir_mode;
 
 use format::{Blocks, DataError, Header, Short};
 use tree::{normalize, Comps, Node, PathMap, Tree};
@@ -45,6 +45,9 @@ pub struct Report {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub bytes: u64,
+    /// Files shared with a release on disk instead of written (see [`crate::store::reuse`]), and their bytes.
+    pub reused: u64,
+    pub reused_bytes: u64,
     /// The sha256 of each regular file written, by inode (hard links share theirs), for the release's index.
     #[serde(skip)]
     pub hashes: crate::store::index::Hashes,
@@ -73,6 +76,18 @@ pub fn unpack_tar_zst_with<R: Read>(
     group: Option<Gid>,
     links: &LinkPolicy,
 ) -> Result<Report, UnpackError> {
+    unpack_tar_zst_reusing(input, dir, limits, group, links, &mut Donors::none())
+}
+
+/// Like [`unpack_tar_zst_with`], sharing unchanged files with `donors` (releases on disk).
+pub fn unpack_tar_zst_reusing<R: Read>(
+    input: R,
+    dir: BorrowedFd<'_>,
+    limits: &Limits,
+    group: Option<Gid>,
+    links: &LinkPolicy,
+    donors: &mut Donors,
+) -> Result<Report, UnpackError> {
     // The first bytes say whether this is zstd at all: another format is named, not called corrupt.
     let mut input = input;
     let mut head = Vec::with_capacity(512);
@@ -85,7 +100,7 @@ pub fn unpack_tar_zst_with<R: Read>(
     let mut decoder = zstd::stream::read::Decoder::new(input).map_err(corrupt)?;
     let window_log = 63 - limits.max_window.leading_zeros();
     decoder.window_log_max(window_log).map_err(corrupt)?;
-    unpack_tar_with(ZstdErrors { inner: decoder, limits }, dir, limits, group, links)
+    unpack_tar_with(ZstdErrors { inner: decoder, limits }, dir, limits, group, links, donors)
 }
 
 /// Unpacks an uncompressed tar stream, refusing every link that leaves the release. Exposed for tests and for the
@@ -96,7 +111,7 @@ pub fn unpack_tar<R: Read>(
     limits: &Limits,
     group: Option<Gid>,
 ) -> Result<Report, UnpackError> {
-    unpack_tar_with(input, dir, limits, group, &LinkPolicy::default())
+    unpack_tar_with(input, dir, limits, group, &LinkPolicy::default(), &mut Donors::none())
 }
 
 fn unpack_tar_with<R: Read>(
@@ -105,6 +120,7 @@ fn unpack_tar_with<R: Read>(
     limits: &Limits,
     group: Option<Gid>,
     links: &LinkPolicy,
+    donors: &mut Donors,
 ) -> Result<Report, UnpackError> {
     let mut blocks = Blocks::new(input);
     let mut unpacker = Unpacker {
@@ -112,6 +128,8 @@ fn unpack_tar_with<R: Read>(
         limits,
         group,
         links,
+        donors,
+        buf: Vec::new(),
         seen: PathMap::new(),
         symlinks: Vec::new(),
         report: Report::default(),
@@ -188,6 +206,9 @@ struct Unpacker<'a> {
     limits: &'a Limits,
     group: Option<Gid>,
     links: &'a LinkPolicy,
+    donors: &'a mut Donors,
+    /// The data of a small file, read whole before it is written (or shared).
+    buf: Vec<u8>,
     seen: PathMap,
     symlinks: Vec<(Comps, Vec<u8>, u64)>,
     report: Report,
@@ -429,34 +450,7 @@ impl Unpacker<'_> {
                 if self.report.bytes.saturating_add(size) > self.limits.max_unpacked {
                     return Err(here.refuse(Refusal::TooLarge { max: self.limits.max_unpacked }));
                 }
-                let group = self.group;
-                let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
-                if replaces {
-                    rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty()).map_err(|e| here.write(e.into()))?;
-                }
-                let fd =
-                    open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
-                        .map_err(|e| here.write(e))?;
-                let mut file = std::fs::File::from(fd);
-                let mut hasher = sha2::Sha256::new();
-                let limits = self.limits;
-                blocks
-                    .data(size, &mut |chunk| {
-                        io::Write::write_all(&mut file, chunk)?;
-                        hasher.update(chunk);
-                        Ok(())
-                    })
-                    .map_err(|e| match e {
-                        DataError::Short(s) => short(here, s, "the file's data", limits),
-                        DataError::Sink(e) => here.write(e),
-                    })?;
-                let st = rustix::fs::fstat(&file).map_err(|e| here.write(e.into()))?;
-                self.report.hashes.insert(st.st_ino, hasher.finalize().into());
-                if let Some(g) = group {
-                    rustix::fs::fchown(&file, None, Some(g)).map_err(|e| here.write(e.into()))?;
-                }
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(file_mode(mode, group.is_some())))
-                    .map_err(|e| here.write(e.into()))?;
+                self.file(blocks, here, parent, name, size, mode, replaces)?;
                 self.seen.insert(&comps, Node::File);
                 if !replaces {
                     self.report.files += 1;
@@ -523,6 +517,7 @@ impl Unpacker<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::tree::file_mode;
     use super::*;
 
     fn limits() -> Limits {

@@ -1,0 +1,120 @@
+//! A regular file of the archive: written into staging (created with `O_EXCL`, never through a link), hashed as
+//! it is written, given its owner and sanitized mode; or, when a release on disk holds the same content with the
+//! same mode and owner, shared with it (see [`crate::store::reuse`]) instead of written. A small file is read
+//! whole first, so that a shared one costs no new inode; a large one is written as it streams and replaced by the
+//! shared file afterwards when one matches (the disk is spared, the write is not).
+
+use std::io;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use sha2::Digest;
+
+use super::error::Here;
+use super::format::{Blocks, DataError};
+use super::tree::file_mode;
+use super::{short, UnpackError, Unpacker};
+use crate::base::fsutil::open_beneath;
+
+/// Files up to this size are read whole before anything is created for them.
+const READ_WHOLE: u64 = 1 << 20;
+
+impl Unpacker<'_> {
+    /// Unpacks the file `name` in the staging directory `parent` from the next `size` bytes of data.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn file<R: io::Read>(
+        &mut self,
+        blocks: &mut Blocks<R>,
+        here: Here<'_>,
+        parent: &[Vec<u8>],
+        name: &[u8],
+        size: u64,
+        mode: u32,
+        replaces: bool,
+    ) -> Result<(), UnpackError> {
+        let limits = self.limits;
+        let group = self.group;
+        let final_mode = file_mode(mode, group.is_some());
+        let read_error = |e: DataError| match e {
+            DataError::Short(s) => short(here, s, "the file's data", limits),
+            DataError::Sink(e) => here.write(e),
+        };
+        if replaces {
+            let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| here.write(e.into()))?;
+        }
+        let whole = !self.donors.is_empty() && size <= READ_WHOLE;
+        if whole {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            blocks
+                .data(size, &mut |chunk| {
+                    buf.extend_from_slice(chunk);
+                    Ok(())
+                })
+                .map_err(read_error)?;
+            let hash: [u8; 32] = sha2::Sha256::digest(&buf).into();
+            let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+            let shared = self.donors.share(size, &hash, final_mode, dir, name).map_err(|e| here.write(e))?;
+            let ino = match shared {
+                Some((_, ino)) => {
+                    self.report.reused += 1;
+                    self.report.reused_bytes += size;
+                    ino
+                }
+                None => {
+                    let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+                    let file = create(dir, name, here)?;
+                    io::Write::write_all(&mut &file, &buf).map_err(|e| here.write(e))?;
+                    finish(&file, final_mode, group, here)?
+                }
+            };
+            self.report.hashes.insert(ino, hash);
+            self.buf = buf;
+            return Ok(());
+        }
+        let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+        let file = create(dir, name, here)?;
+        let mut hasher = sha2::Sha256::new();
+        blocks
+            .data(size, &mut |chunk| {
+                io::Write::write_all(&mut &file, chunk)?;
+                hasher.update(chunk);
+                Ok(())
+            })
+            .map_err(read_error)?;
+        let hash: [u8; 32] = hasher.finalize().into();
+        let mut ino = finish(&file, final_mode, group, here)?;
+        drop(file);
+        if !self.donors.is_empty() {
+            // Written already; shared instead when a release on disk has it, so that it costs no disk: the shared
+            // file is made beside it, then renamed over it.
+            let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+            let beside = [b".switchback-shared-".as_slice(), name].concat();
+            if let Some((_, shared)) =
+                self.donors.share(size, &hash, final_mode, dir, &beside).map_err(|e| here.write(e))?
+            {
+                rustix::fs::renameat(dir, beside.as_slice(), dir, name).map_err(|e| here.write(e.into()))?;
+                self.report.reused += 1;
+                self.report.reused_bytes += size;
+                ino = shared;
+            }
+        }
+        self.report.hashes.insert(ino, hash);
+        Ok(())
+    }
+}
+
+fn create(dir: std::os::fd::BorrowedFd<'_>, name: &[u8], here: Here<'_>) -> Result<std::fs::File, UnpackError> {
+    let fd = open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
+        .map_err(|e| here.write(e))?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Gives a written file its group and final mode; returns its inode.
+fn finish(file: &std::fs::File, mode: u32, group: Option<rustix::fs::Gid>, here: Here<'_>) -> Result<u64, UnpackError> {
+    if let Some(g) = group {
+        rustix::fs::fchown(file, None, Some(g)).map_err(|e| here.write(e.into()))?;
+    }
+    rustix::fs::fchmod(file, Mode::from_raw_mode(mode)).map_err(|e| here.write(e.into()))?;
+    Ok(rustix::fs::fstat(file).map_err(|e| here.write(e.into()))?.st_ino)
+}
