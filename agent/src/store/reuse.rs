@@ -157,7 +157,7 @@ impl Donors {
                 continue;
             }
             let pdir = &self.dirs[&key];
-            let Ok(st) = rustix::fs::statat(&pdir, c.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            let Ok(st) = rustix::fs::statat(pdir, c.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
             let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                 && st.st_size as u64 == size
                 && st.st_mode & 0o7777 == mode
