@@ -292,7 +292,12 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
             }
             Report::Status(all)
         }
-        Command::Releases { app: name } => Report::Releases(Box::new(crate::engine::status::app_status(&app(name)?)?)),
+        Command::Releases { app: name } => {
+            let app = app(name)?;
+            let mut s = crate::engine::status::app_status(&app)?;
+            crate::engine::status::with_usage(&app, &mut s)?;
+            Report::Releases(Box::new(s))
+        }
         Command::History { app: name, limit } => {
             let app = app(name)?;
             let mut events = history::read(&app.history_path())?;

@@ -96,6 +96,12 @@ pub struct ReleaseStatus {
     pub pinned: bool,
     pub sha256: Option<String>,
     pub unpacked_at: Option<String>,
+    /// Bytes of its files, and the bytes only it holds (unchanged files are shared between releases): filled by
+    /// `releases` (see [`with_usage`]), which reads every release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_bytes: Option<u64>,
 }
 
 /// Whether process `pid` still runs.
@@ -123,6 +129,8 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
                 pinned: state.pin.as_ref().is_some_and(|p| &p.version == v),
                 sha256: rec.map(|r| r.sha256.clone()),
                 unpacked_at: rec.map(|r| r.unpacked_at.clone()),
+                bytes: None,
+                unique_bytes: None,
             }
         })
         .collect();
@@ -254,8 +262,20 @@ pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Resul
     )
 }
 
+/// Adds to each release of `s` what it costs on disk.
+pub fn with_usage(app: &App, s: &mut AppStatus) -> anyhow::Result<()> {
+    let dirs: Vec<std::path::PathBuf> =
+        s.releases.iter().map(|r| app.store.root().join("releases").join(&r.version)).collect();
+    let refs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    for (r, u) in s.releases.iter_mut().zip(crate::store::usage::of(&refs)?) {
+        (r.bytes, r.unique_bytes) = (Some(u.bytes), Some(u.unique));
+    }
+    Ok(())
+}
+
 pub fn print_releases(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Result<()> {
-    writeln!(w, "{:<20} {:<8} {:<18} SHA256", "VERSION", "", "UNPACKED")?;
+    let size = |n: Option<u64>| n.map_or("-".to_owned(), |n| bytesize::ByteSize(n).display().iec().to_string());
+    writeln!(w, "{:<20} {:<8} {:<18} {:>10} {:>10}  SHA256", "VERSION", "", "UNPACKED", "SIZE", "UNIQUE")?;
     for r in &s.releases {
         let mut flags = Vec::new();
         if r.current {
@@ -272,10 +292,12 @@ pub fn print_releases(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Re
         }
         writeln!(
             w,
-            "{:<20} {:<8} {:<18} {}",
+            "{:<20} {:<8} {:<18} {:>10} {:>10}  {}",
             r.version,
             flags.join(","),
             r.unpacked_at.as_deref().unwrap_or("-"),
+            size(r.bytes),
+            size(r.unique_bytes),
             r.sha256.as_deref().map(|s| &s[..16.min(s.len())]).unwrap_or("-")
         )?;
     }

@@ -10,3 +10,4 @@ pub mod index;
 pub mod layout;
 pub mod reuse;
 pub mod unpack;
+pub mod usage;

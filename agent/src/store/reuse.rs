@@ -204,13 +204,13 @@ impl Donors {
             return Ok(None);
         }
         let Ok(src) = open_beneath(pdir.as_fd(), donor, OFlags::RDONLY, Mode::empty()) else { return Ok(None) };
-        let dst = match open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
-        {
-            Ok(fd) => fd,
-            // The name is taken (by an entry of the archive): not shared, written.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let dst =
+            match open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600)) {
+                Ok(fd) => fd,
+                // The name is taken (by an entry of the archive): not shared, written.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) => return Err(e),
+            };
         if let Err(e) = rustix::fs::ioctl_ficlone(&dst, &src) {
             drop(dst);
             rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
