@@ -240,6 +240,7 @@ bake = "1s"
             force: false,
             reason: Some("demo".into()),
             fetched: None,
+            delta: None,
         };
         match crate::engine::deploy::deploy(&app, &req, wait, true) {
             Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,

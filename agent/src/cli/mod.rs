@@ -258,6 +258,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                         force: *force,
                         reason: reason.clone(),
                         fetched: None,
+                        delta: None,
                     },
                     cli.wait,
                     print,

@@ -308,6 +308,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
         force: false,
         reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
         fetched,
+        delta: None,
     };
     let a = app.clone();
     let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;

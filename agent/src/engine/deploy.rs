@@ -33,6 +33,16 @@ pub struct DeployRequest {
     pub reason: Option<String>,
     /// The download that brought the archive, if one did (a step of the deploy, and part of its duration).
     pub fetched: Option<Fetched>,
+    /// Set when the archive is a delta: the release it was made against, which must be on disk.
+    pub delta: Option<DeltaOf>,
+}
+
+/// A delta archive's base, and the release it assembles (the full artifact's sha256 and size, which the release
+/// is recorded with, as if that artifact had been unpacked).
+#[derive(Debug, Clone)]
+pub struct DeltaOf {
+    pub base: Version,
+    pub release: Promise,
 }
 
 /// A download done for a deploy: its step, and the bytes that came over the network.
@@ -114,7 +124,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             })?),
             None => None,
         };
-        let (sha, size) = match &artifact {
+        let (file_sha, file_size) = match &artifact {
             Some(a) => (a.sha256.clone(), a.size),
             None => match state.releases.get(v) {
                 Some(rec) if on_disk.contains(v) => (rec.sha256.clone(), rec.size),
@@ -122,17 +132,22 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
             },
         };
         if let Some(want) = &req.expected {
-            if want.sha256 != sha || (artifact.is_some() && want.size != size) {
+            if want.sha256 != file_sha || (artifact.is_some() && want.size != file_size) {
                 return Err(Error::ArtifactMismatch {
                     artifact: req.archive.as_ref().map_or(format!("release {v} on disk"), |a| a.display().to_string()),
                     reason: format!(
-                        "sha256 is {sha} ({size} bytes), the manifest says {} ({} bytes)",
+                        "sha256 is {file_sha} ({file_size} bytes), the manifest says {} ({} bytes)",
                         want.sha256, want.size
                     ),
                 }
                 .into());
             }
         }
+        // What the release is recorded as: its artifact, or the full artifact a delta assembles.
+        let (sha, size) = match (&req.delta, &artifact) {
+            (Some(d), Some(_)) => (d.release.sha256.clone(), d.release.size),
+            _ => (file_sha, file_size),
+        };
         match state.releases.get(v) {
             Some(rec) if rec.sha256 != sha => {
                 return Err(Error::VersionConflict {
@@ -175,7 +190,8 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         }
         if !on_disk.contains(v) {
             let archive = artifact.as_mut().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
-            stage_release(app, &mut state, archive, v, previous.as_ref(), tl)?;
+            let base = req.delta.as_ref().map(|d| &d.base);
+            stage_release(app, &mut state, archive, (v, &sha, size), base, previous.as_ref(), tl)?;
         }
         drop(artifact);
         if let Some(crate::base::progress::Interrupt::Cancel(why)) = crate::base::progress::interrupted() {
@@ -218,21 +234,22 @@ fn stage_release(
     app: &App,
     state: &mut crate::statedir::journal::Journal,
     artifact: &mut Artifact,
-    v: &Version,
+    (v, sha256, size): (&Version, &str, u64),
+    delta_base: Option<&Version>,
     previous: Option<&Version>,
     tl: &mut Timeline,
 ) -> anyhow::Result<()> {
     preflight_space(app, artifact)?;
     // The release is recorded before it exists, so a crash right after the rename still knows its sha256;
     // reconcile drops records of releases that never made it to disk.
-    state.record_release(v, &artifact.sha256, artifact.size, &crate::base::fsutil::now_rfc3339());
+    state.record_release(v, sha256, size, &crate::base::fsutil::now_rfc3339());
     state.begin(Op::Deploy, v, previous, Step::Unpacking, None)?;
     let archive = artifact.shown.clone();
     let result = (|| -> anyhow::Result<()> {
         let staging = app.store.stage(v)?;
         let file = artifact.reader()?;
         let print = tl.prints();
-        let mut donors = donors(app, state, v);
+        let mut donors = donors(app, state, v, delta_base);
         let report = tl.step("unpack", || {
             crate::base::progress::long_work(format!("deploying {v}"), print, || {
                 unpack::unpack_tar_zst_reusing(
@@ -289,11 +306,16 @@ fn stage_release(
     state.advance(Step::Released, None)
 }
 
-/// The releases a new release `v` may share unchanged files with: the current one and the last good one, when
-/// they are on disk with an index.
-fn donors(app: &App, state: &crate::statedir::journal::Journal, v: &Version) -> crate::store::reuse::Donors {
+/// The releases a new release `v` may share unchanged files with: a delta's base first, then the current one and
+/// the last good one, when they are on disk with an index.
+fn donors(
+    app: &App,
+    state: &crate::statedir::journal::Journal,
+    v: &Version,
+    delta_base: Option<&Version>,
+) -> crate::store::reuse::Donors {
     let mut versions: Vec<&Version> = Vec::new();
-    for d in [state.current.as_ref(), state.last_good.as_ref()].into_iter().flatten() {
+    for d in [delta_base, state.current.as_ref(), state.last_good.as_ref()].into_iter().flatten() {
         if d != v && !versions.contains(&d) {
             versions.push(d);
         }
@@ -303,7 +325,10 @@ fn donors(app: &App, state: &crate::statedir::journal::Journal, v: &Version) -> 
         .map(|d| (app.store.release_dir(d), crate::store::index::path(&app.state_dir, d.as_str())))
         .collect();
     let refs: Vec<(&Path, &Path)> = paths.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
-    crate::store::reuse::Donors::load(app.cfg.reuse, &refs, app.store.read_group())
+    match delta_base {
+        Some(_) => crate::store::reuse::Donors::for_delta(app.cfg.reuse, &refs, app.store.read_group()),
+        None => crate::store::reuse::Donors::load(app.cfg.reuse, &refs, app.store.read_group()),
+    }
 }
 
 /// An unpack that failed, by its consequence. Only a refusal of the archive itself is [`Error::ArchiveRefused`]

@@ -215,6 +215,7 @@ pub fn deploy_version(
         force,
         reason,
         fetched: None,
+        delta: None,
     };
     let state = app.load_state()?;
     if app.store.on_disk()?.contains(v) && state.releases.contains_key(v) {

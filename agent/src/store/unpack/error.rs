@@ -84,6 +84,12 @@ pub enum Refusal {
     SecondArchive { at: u64 },
     #[error("more than 1 MiB of data follows the end of the archive")]
     TrailingData,
+    #[error("`SWITCHBACK.shared` `{value}` is not SIZE:SHA256 (a delta's reference to a file of its base release)")]
+    DeltaRefMalformed { value: String },
+    #[error("a delta's reference to its base release carries data of its own")]
+    DeltaRefWithData,
+    #[error("the delta's base release holds no file of {size} bytes with sha256 {sha256} and this mode (the base is missing or changed: the full artifact is needed)")]
+    DeltaBaseMissing { size: u64, sha256: String },
     #[error("cannot write it")]
     Write,
     #[error("stopped: the agent is shutting down, or an operator cancelled the deploy")]

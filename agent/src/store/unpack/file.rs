@@ -12,7 +12,7 @@ use sha2::Digest;
 use super::error::Here;
 use super::format::{Blocks, DataError};
 use super::tree::file_mode;
-use super::{short, UnpackError, Unpacker};
+use super::{short, Refusal, UnpackError, Unpacker};
 use crate::base::fsutil::open_beneath;
 
 /// Files up to this size are read whole before anything is created for them.
@@ -101,6 +101,37 @@ impl Unpacker<'_> {
         }
         self.report.hashes.insert(ino, hash);
         Ok(())
+    }
+}
+
+impl Unpacker<'_> {
+    /// A delta's file that its base release holds: shared with it, or the delta is refused (its base is not what
+    /// the delta was made against).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn shared_file(
+        &mut self,
+        here: Here<'_>,
+        parent: &[Vec<u8>],
+        name: &[u8],
+        size: u64,
+        hash: &[u8; 32],
+        mode: u32,
+        replaces: bool,
+    ) -> Result<(), UnpackError> {
+        let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+        if replaces {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| here.write(e.into()))?;
+        }
+        let final_mode = file_mode(mode, self.group.is_some());
+        match self.donors.share(size, hash, final_mode, dir, name).map_err(|e| here.write(e))? {
+            Some((_, ino)) => {
+                self.report.reused += 1;
+                self.report.reused_bytes += size;
+                self.report.hashes.insert(ino, *hash);
+                Ok(())
+            }
+            None => Err(here.refuse(Refusal::DeltaBaseMissing { size, sha256: hex::encode(hash) })),
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use error::{display_bytes, Here};
 pub use error::{Refusal, UnpackError};
 pub use limits::Limits;
 pub use links::LinkPolicy;
+pub use pax::SHARED_KEY;
 use pax::{parse_global_pax, parse_pax};
 use tree::dir_mode;
 
@@ -197,6 +198,8 @@ struct Pending {
     pax_path: Option<Vec<u8>>,
     pax_link: Option<Vec<u8>>,
     pax_size: Option<u64>,
+    /// A delta's reference to a file of its base release: (size, sha256).
+    shared: Option<(u64, [u8; 32])>,
     /// Where the first of them was, while any is pending.
     offset: Option<u64>,
 }
@@ -300,7 +303,7 @@ impl Unpacker<'_> {
                     let data = self.record(blocks, &h, "PAX")?;
                     pending.offset.get_or_insert(at);
                     // A later extended header replaces an earlier one for the same entry (GNU tar, Go).
-                    (pending.pax_path, pending.pax_link, pending.pax_size) = (None, None, None);
+                    (pending.pax_path, pending.pax_link, pending.pax_size, pending.shared) = (None, None, None, None);
                     parse_pax(&data, &mut pending, at)?;
                 }
                 b'g' => {
@@ -382,6 +385,11 @@ impl Unpacker<'_> {
             _ => 0,
         };
         let mode = h.mode().map_err(bad)?;
+        // Outside a delta the key means nothing (GNU tar ignores it too): the entry is the file it carries.
+        let shared = pending.shared.filter(|_| kind == Kind::File && self.donors.is_delta());
+        if shared.is_some() && data != 0 {
+            return Err(here.refuse(Refusal::DeltaRefWithData));
+        }
         // An empty name is read as `.` (GNU tar): for a directory, the release root.
         let comps = if raw_path.is_empty() && kind == Kind::Dir {
             Vec::new()
@@ -450,7 +458,16 @@ impl Unpacker<'_> {
                 if self.report.bytes.saturating_add(size) > self.limits.max_unpacked {
                     return Err(here.refuse(Refusal::TooLarge { max: self.limits.max_unpacked }));
                 }
-                self.file(blocks, here, parent, name, size, mode, replaces)?;
+                match shared {
+                    Some((size, hash)) => {
+                        if self.report.bytes.saturating_add(size) > self.limits.max_unpacked {
+                            return Err(here.refuse(Refusal::TooLarge { max: self.limits.max_unpacked }));
+                        }
+                        self.shared_file(here, parent, name, size, &hash, mode, replaces)?;
+                        self.report.bytes += size;
+                    }
+                    None => self.file(blocks, here, parent, name, size, mode, replaces)?,
+                }
                 self.seen.insert(&comps, Node::File);
                 if !replaces {
                     self.report.files += 1;

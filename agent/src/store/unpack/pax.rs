@@ -27,6 +27,13 @@ pub(super) fn parse_pax(data: &[u8], pending: &mut Pending, offset: u64) -> Resu
         match r.key {
             "path" => pending.pax_path = Some(r.value.to_vec()),
             "linkpath" => pending.pax_link = Some(r.value.to_vec()),
+            // A delta's file that its base release holds (see `crate::store::reuse`): honoured only in a delta.
+            SHARED_KEY => {
+                let text = String::from_utf8_lossy(r.value).into_owned();
+                pending.shared = Some(parse_shared(&text).ok_or_else(|| {
+                    here.refuse(Refusal::DeltaRefMalformed { value: text.escape_debug().to_string() })
+                })?);
+            }
             "size" => {
                 let text = String::from_utf8_lossy(r.value).into_owned();
                 let size = text
@@ -42,6 +49,18 @@ pub(super) fn parse_pax(data: &[u8], pending: &mut Pending, offset: u64) -> Resu
     Ok(())
 }
 
+/// The PAX key by which a delta names a file of its base release instead of carrying its data: `SIZE:SHA256`.
+pub const SHARED_KEY: &str = "SWITCHBACK.shared";
+
+fn parse_shared(text: &str) -> Option<(u64, [u8; 32])> {
+    let (size, hex_sha) = text.split_once(':')?;
+    let size = size.parse::<u64>().ok().filter(|_| size.bytes().all(|b| b.is_ascii_digit()))?;
+    let mut sha = [0u8; 32];
+    (hex_sha.len() == 64 && hex_sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(())?;
+    hex::decode_to_slice(hex_sha, &mut sha).ok()?;
+    Some((size, sha))
+}
+
 /// A global PAX header: only informational keys (git archive writes `comment` with the commit id).
 pub(super) fn parse_global_pax(data: &[u8], offset: u64) -> Result<(), UnpackError> {
     let here = Here::at(offset);
@@ -49,7 +68,7 @@ pub(super) fn parse_global_pax(data: &[u8], offset: u64) -> Result<(), UnpackErr
         if refused_key(r.key) {
             return Err(here.refuse(Refusal::PaxRefused { key: r.key.to_owned() }));
         }
-        if matches!(r.key, "path" | "linkpath" | "size") {
+        if matches!(r.key, "path" | "linkpath" | "size" | SHARED_KEY) {
             return Err(here.refuse(Refusal::PaxGlobalRefused { key: r.key.to_owned() }));
         }
     }
