@@ -1,5 +1,9 @@
 //! Typed errors of the library. Messages are lowercase and read after "failed to" or on their own; the cause
-//! sits in `#[source]` and is never pasted into the message (the CLI prints the whole chain with `{:#}`).
+//! sits in `#[source]` and is never pasted into the message (the CLI prints the whole chain with `{:#}`, and an
+//! error printed on its own is printed with `base::chain::text`).
+//!
+//! The errors of the layers below have their own types, which [`Error`] wraps as they are (`?` converts them):
+//! [`crate::config::LoadError`] and [`crate::config::UnknownApp`] of the configuration.
 
 use std::path::PathBuf;
 
@@ -7,11 +11,12 @@ use crate::base::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid configuration in {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    /// The configuration file was not loaded: it names the file, and its source says why.
+    #[error(transparent)]
+    Config(#[from] crate::config::LoadError),
 
-    #[error("unknown app `{app}` (configured: {known})")]
-    UnknownApp { app: String, known: String },
+    #[error(transparent)]
+    UnknownApp(#[from] crate::config::UnknownApp),
 
     #[error(transparent)]
     InvalidVersion(#[from] crate::base::version::InvalidVersion),
@@ -114,7 +119,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
+            Error::Config(_) | Error::UnknownApp(_) | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
             Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
             Error::RolledBack { .. } | Error::SwitchFailed { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
@@ -137,15 +142,44 @@ impl Error {
     }
 }
 
-/// Maps an error chain to its exit code: the first typed error in the chain decides ([`Error`], or an invalid
-/// version, which is a usage error wherever it comes from); anything untyped is a plain failure.
+/// Maps an error chain to its exit code: the first typed error in the chain decides ([`Error`], or an error of a
+/// layer below that reached the chain without it: an invalid version, configuration or app name is a usage error
+/// wherever it comes from); anything untyped is a plain failure.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|cause| {
-            cause
-                .downcast_ref::<Error>()
-                .map(Error::exit_code)
-                .or_else(|| cause.downcast_ref::<crate::base::version::InvalidVersion>().map(|_| exit::USAGE))
+            let usage = cause.is::<crate::base::version::InvalidVersion>()
+                || cause.is::<crate::config::LoadError>()
+                || cause.is::<crate::config::UnknownApp>();
+            cause.downcast_ref::<Error>().map(Error::exit_code).or(usage.then_some(exit::USAGE))
         })
         .unwrap_or(exit::FAILED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_configurations_errors_keep_their_exit_code_wrapped_or_not() {
+        let config = || Config::parse("[apps.web]\nroot = \"srv\"\n", std::path::Path::new("/x.toml")).unwrap_err();
+        let ok = Config::parse("[apps.web]\nroot = \"/srv/web\"\n", std::path::Path::new("/x.toml")).unwrap();
+        let unknown = || ok.app("api").unwrap_err();
+        for (err, code) in [
+            (anyhow::Error::from(config()), exit::USAGE),
+            (Error::from(config()).into(), exit::USAGE),
+            (anyhow::Error::from(config()).context("loading"), exit::USAGE),
+            (anyhow::Error::from(unknown()), exit::USAGE),
+            (Error::from(unknown()).into(), exit::USAGE),
+        ] {
+            assert_eq!(code_for(&err), code, "{err:#}");
+        }
+        // Wrapped, they print as they do on their own.
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(Error::from(config()))),
+            format!("{:#}", anyhow::Error::from(config()))
+        );
+        assert_eq!(Error::from(unknown()).to_string(), "unknown app `api` (configured: web)");
+    }
 }

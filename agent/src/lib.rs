@@ -9,10 +9,10 @@
 //!
 //! | module | what it is | uses |
 //! |---|---|---|
-//! | `base/` | versions, redaction, durable writes, trust checks, owners, crash points, progress, timeline, exit codes | nothing of ours |
+//! | `base/` | versions, redaction, error chains, durable writes, trust checks, owners, crash points, progress, timeline, exit codes | nothing of ours |
 //! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release | base |
-//! | `error` | the typed errors and the one mapping of errors to exit codes | base, store |
-//! | `config/` | the configuration file, parsed and validated once | base, store, error |
+//! | `config/` | the configuration file, parsed and validated once, and its typed errors | base, store |
+//! | `error` | the typed errors (wrapping those of the configuration) and the one mapping of errors to exit codes | base, store, config |
 //! | `source/` | buckets, signed manifests, the artifact's one descriptor | base, error, config |
 //! | `statedir/` | state (the intent journal), history, locks | base, error, source |
 //! | `app/` | one managed app: its config, store and state paths, and the checks of what runs | all of the above |

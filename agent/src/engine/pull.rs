@@ -81,7 +81,7 @@ pub enum AcceptError {
 /// sequence check and the write are one step). Refusals are logged with their reason.
 pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &str) -> Result<Polled, AcceptError> {
     let keys = crate::config::parse_keys(&app.cfg.trusted_keys)
-        .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e, retry: false }))?;
+        .map_err(|e| AcceptError::Refused(manifest::Refused { reason: e.to_string(), retry: false }))?;
     // The signature is checked before anything else is believed, and before the lock is taken.
     if let Err(r) = manifest::verify_signature(bytes, sig, &keys) {
         tracing::warn!("{}: refused manifest {from}: {}", app.name, r.reason);

@@ -77,7 +77,7 @@ impl Source {
             source_url: crate::base::redact::url(url),
             message: crate::base::redact::text(&message),
         };
-        crate::config::no_credentials(url).map_err(|e| err(e.clone()))?;
+        crate::config::no_credentials(url).map_err(|e| err(e.to_string()))?;
         if let Some(e) = &opts.endpoint {
             crate::config::no_credentials(e).map_err(|e| err(format!("endpoint: {e}")))?;
         }
