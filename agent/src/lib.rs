@@ -12,8 +12,8 @@
 //! | `base/` | versions, redaction, error chains, durable writes, trust checks, owners, crash points, progress, timeline, exit codes | nothing of ours |
 //! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release | base |
 //! | `config/` | the configuration file, parsed and validated once, and its typed errors | base, store |
-//! | `error` | the typed errors (wrapping those of the configuration) and the one mapping of errors to exit codes | base, store, config |
-//! | `source/` | buckets, signed manifests, the artifact's one descriptor | base, error, config |
+//! | `source/` | buckets, signed manifests, the artifact's one descriptor, and their typed errors | base, config |
+//! | `error` | the typed errors (wrapping those of the rows above) and the one mapping of errors to exit codes | base, store, config, source |
 //! | `statedir/` | state (the intent journal), history, locks | base, error, source |
 //! | `app/` | one managed app: its config, store and state paths, and the checks of what runs | all of the above |
 //! | `host/` | commands, the service, health checks, hooks | base … app |
