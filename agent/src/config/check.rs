@@ -60,6 +60,7 @@ impl Config {
 
     /// Checks that cannot be expressed in the types. Errors name the key.
     fn validate(&self) -> Result<(), ConfigError> {
+        // A value one of the shared checks refused, at `key`.
         let value = |key: String| move |source| ConfigError::Value { key, source };
         if !self.agent.state_dir.is_absolute() {
             return Err(invalid(

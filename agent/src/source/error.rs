@@ -6,7 +6,8 @@
 //! state) is kept as [`Redacted`]: the redacted text of its whole chain, with no `source()` of its own, because the
 //! original chain is not redacted and so is never exposed, not even through `{:?}`. The other causes say nothing a
 //! credential could hide in: an OS error of a local file, a URL parser's or minisign's fixed texts, a
-//! [`ValueError`] (which redacts its URL itself).
+//! [`ValueError`] (which redacts its URL itself), `base::trust`'s verdict on a local directory. The variants about
+//! an artifact or a key on this host show its path as it was given, as they always did.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -187,20 +188,9 @@ pub enum Refusal {
 pub struct Redacted(String);
 
 impl Redacted {
-    /// `e` with the causes its message does not already say (`connection refused` is often three causes down),
-    /// redacted.
+    /// `e` with the causes its message does not already say, redacted.
     pub fn chain(e: &dyn std::error::Error) -> Redacted {
-        let mut out = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !out.contains(&text) {
-                out.push_str(": ");
-                out.push_str(&text);
-            }
-            cause = c.source();
-        }
-        Redacted(redact::text(&out))
+        Redacted(redact::text(&crate::base::chain::unrepeated(e)))
     }
 
     /// `text`, redacted.
