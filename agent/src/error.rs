@@ -1,5 +1,10 @@
 //! Typed errors of the library. Messages are lowercase and read after "failed to" or on their own; the cause
-//! sits in `#[source]` and is never pasted into the message (the CLI prints the whole chain with `{:#}`).
+//! sits in `#[source]` and is never pasted into the message (the CLI prints the whole chain with `{:#}`, and an
+//! error printed on its own is printed with `base::chain::text`).
+//!
+//! The errors of the layers below have their own types, which [`Error`] wraps as they are (`?` converts them):
+//! [`crate::config::LoadError`] and [`crate::config::UnknownApp`] of the configuration, and
+//! `source::SourceError` of sources, artifacts and keys.
 
 use std::path::PathBuf;
 
@@ -7,11 +12,12 @@ use crate::base::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid configuration in {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    /// The configuration file was not loaded: it names the file, and its source says why.
+    #[error(transparent)]
+    Config(#[from] crate::config::LoadError),
 
-    #[error("unknown app `{app}` (configured: {known})")]
-    UnknownApp { app: String, known: String },
+    #[error(transparent)]
+    UnknownApp(#[from] crate::config::UnknownApp),
 
     #[error(transparent)]
     InvalidVersion(#[from] crate::base::version::InvalidVersion),
@@ -84,17 +90,9 @@ pub enum Error {
     #[error("the work on `{app}` was interrupted by the daemon's shutdown during {step}; the next start finishes it")]
     Interrupted { app: String, step: String },
 
-    #[error("refused artifact {}: {reason}", artifact.display())]
-    ArtifactRefused { artifact: PathBuf, reason: String },
-
-    #[error("artifact {artifact} does not match its manifest: {reason}")]
-    ArtifactMismatch { artifact: String, reason: String },
-
-    #[error("refused manifest {manifest}: {reason}")]
-    ManifestRefused { manifest: String, reason: String },
-
-    #[error("source {source_url}: {message}")]
-    Source { source_url: String, message: String },
+    /// A source, an artifact or a key: see `source::SourceError` (a refused artifact is one of them).
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
 }
 
 impl Error {
@@ -114,7 +112,7 @@ impl Error {
 
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config { .. } | Error::UnknownApp { .. } | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
+            Error::Config(_) | Error::UnknownApp(_) | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
             Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
             Error::RolledBack { .. } | Error::SwitchFailed { .. } => exit::ROLLED_BACK,
             Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
@@ -129,23 +127,57 @@ impl Error {
             | Error::NoSpace { .. }
             | Error::CheckFailed { .. }
             | Error::Interrupted { .. }
-            | Error::ArtifactMismatch { .. }
-            | Error::ArtifactRefused { .. }
-            | Error::ManifestRefused { .. }
-            | Error::Source { .. } => exit::FAILED,
+            | Error::Source(_) => exit::FAILED,
         }
     }
 }
 
-/// Maps an error chain to its exit code: the first typed error in the chain decides ([`Error`], or an invalid
-/// version, which is a usage error wherever it comes from); anything untyped is a plain failure.
+/// Maps an error chain to its exit code: the first typed error in the chain decides ([`Error`], or an error of a
+/// layer below that reached the chain without it: an invalid version, configuration or app name is a usage error
+/// wherever it comes from, a source's error a plain failure); anything untyped is a plain failure.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|cause| {
+            let usage = cause.is::<crate::base::version::InvalidVersion>()
+                || cause.is::<crate::config::LoadError>()
+                || cause.is::<crate::config::UnknownApp>();
             cause
                 .downcast_ref::<Error>()
                 .map(Error::exit_code)
-                .or_else(|| cause.downcast_ref::<crate::base::version::InvalidVersion>().map(|_| exit::USAGE))
+                .or(usage.then_some(exit::USAGE))
+                .or(cause.is::<crate::source::SourceError>().then_some(exit::FAILED))
         })
         .unwrap_or(exit::FAILED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::source::SourceError;
+
+    #[test]
+    fn the_layers_errors_keep_their_exit_codes_wrapped_or_not() {
+        let config = || Config::parse("[apps.web]\nroot = \"srv\"\n", std::path::Path::new("/x.toml")).unwrap_err();
+        let ok = Config::parse("[apps.web]\nroot = \"/srv/web\"\n", std::path::Path::new("/x.toml")).unwrap();
+        let unknown = || ok.app("api").unwrap_err();
+        let source = || SourceError::NotFound { at: "s3://b/web/x".into() };
+        for (err, code) in [
+            (anyhow::Error::from(config()), exit::USAGE),
+            (Error::from(config()).into(), exit::USAGE),
+            (anyhow::Error::from(config()).context("loading"), exit::USAGE),
+            (anyhow::Error::from(unknown()), exit::USAGE),
+            (Error::from(unknown()).into(), exit::USAGE),
+            (anyhow::Error::from(source()), exit::FAILED),
+            (Error::from(source()).into(), exit::FAILED),
+        ] {
+            assert_eq!(code_for(&err), code, "{err:#}");
+        }
+        // Wrapped, they print as they do on their own.
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(Error::from(config()))),
+            format!("{:#}", anyhow::Error::from(config()))
+        );
+        assert_eq!(Error::from(unknown()).to_string(), "unknown app `api` (configured: web)");
+    }
 }

@@ -9,11 +9,11 @@
 //!
 //! | module | what it is | uses |
 //! |---|---|---|
-//! | `base/` | versions, redaction, durable writes, trust checks, owners, crash points, progress and the daemon's activity, timeline, verdicts, exit codes | nothing of ours |
-//! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release | base |
-//! | `error` | the typed errors and the one mapping of errors to exit codes | base, store |
-//! | `config/` | the configuration file, parsed and validated once | base, store, error |
-//! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor | base, error, config |
+//! | `base/` | versions, redaction, error chains, durable writes, trust checks, owners, crash points, progress and the daemon's activity, timeline, verdicts, exit codes | nothing of ours |
+//! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release, reuse of unchanged files | base |
+//! | `config/` | the configuration file, parsed and validated once, and its typed errors | base, store |
+//! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor, and their typed errors | base, config |
+//! | `error` | the typed errors (wrapping those of the rows above) and the one mapping of errors to exit codes | base, store, config, source |
 //! | `statedir/` | state, the journal (its one writer), history, locks | base, error, source |
 //! | `app/` | one managed app: its config, store and state paths, and the checks of what runs | all of the above |
 //! | `host/` | commands, the service, health checks, hooks | base … app |

@@ -19,6 +19,7 @@ use crate::engine::pull;
 use crate::error::Error;
 use crate::source::bucket::{Fetched, Options, Source};
 use crate::source::manifest::{self, Manifest};
+use crate::source::SourceError;
 
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -96,9 +97,11 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
     let artifact = format!("releases/{}.tar.zst", req.version);
     let existing = hash_object(&src, &artifact).await?;
     let (sha256, size, uploaded) = if req.promote_only {
-        let (sha, size) = existing.ok_or_else(|| Error::Source {
-            source_url: src.describe(&artifact),
-            message: "not found: --promote-only needs a version that was published before".to_owned(),
+        let (sha, size) = existing.ok_or_else(|| {
+            SourceError::local(
+                &src.describe(&artifact),
+                "not found: --promote-only needs a version that was published before",
+            )
         })?;
         (sha, size, false)
     } else {
@@ -252,13 +255,12 @@ async fn trusted_sequence(
 
 /// The sha256 and size of an object, streamed; `None` if it does not exist.
 async fn hash_object(src: &Source, rel: &str) -> Result<Option<(String, u64)>, Error> {
-    let dir =
-        tempfile::tempdir().map_err(|e| Error::Source { source_url: src.describe(rel), message: e.to_string() })?;
+    let dir = tempfile::tempdir().map_err(|e| SourceError::local(&src.describe(rel), e))?;
     match src.download_unverified(rel, &dir.path().join("a")).await? {
         None => Ok(None),
         Some(path) => {
             let (sha, size) = crate::base::digest::sha256_file(&path)
-                .map_err(|e| Error::Source { source_url: src.describe(rel), message: format!("{e:#}") })?;
+                .map_err(|e| SourceError::local(&src.describe(rel), format!("{e:#}")))?;
             Ok(Some((sha, size)))
         }
     }

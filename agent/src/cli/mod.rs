@@ -188,7 +188,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Error> {
-    Config::load(&config_path(cli))
+    Ok(Config::load(&config_path(cli))?)
 }
 
 fn version(s: &str) -> Result<Version, Error> {

@@ -1,6 +1,9 @@
 //! The configuration file: parsed and validated as a pure value before anything touches the disk. Unknown keys and
 //! bad values are errors naming the file, the key and what was expected. Durations are written "500ms", "30s";
 //! sizes "4GiB", "512MiB" or a plain number of bytes.
+//!
+//! `check.rs` loads and validates the file; `error.rs` holds the typed errors of this layer (a file not loaded and
+//! why, a value a shared check refused, an unknown app). It depends on `base` and `store` only.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,8 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod check;
+mod error;
 
 pub use check::{no_credentials, parse_keys, valid_app_name};
+pub use error::{ConfigError, LoadError, UnknownApp, ValueError};
 
 pub const DEFAULT_PATH: &str = "/etc/switchback/switchback.toml";
 

@@ -196,7 +196,7 @@ fn reload(
     }
     match Config::load(path) {
         Err(e) => {
-            tracing::error!("configuration not reloaded, keeping the old one: {e}");
+            tracing::error!("configuration not reloaded, keeping the old one: {}", crate::base::chain::text(&e));
         }
         Ok(config) => {
             handles.retain(|name, _| {

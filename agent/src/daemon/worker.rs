@@ -19,6 +19,7 @@ use crate::engine::pull::{self, Polled};
 use crate::engine::reconcile;
 use crate::error::Error;
 use crate::source::bucket::{Options, Source};
+use crate::source::SourceError;
 
 use super::inbox::{scan_inbox, watch_inbox};
 
@@ -133,7 +134,7 @@ pub(super) async fn worker_loop(
                         (format!("refused the manifest: {reason}"), None)
                     }
                     Err(e) => {
-                        let t = format!("poll failed ({url}): {e}");
+                        let t = format!("poll failed ({url}): {}", crate::base::chain::text(e));
                         (t.clone(), Some(t))
                     }
                 };
@@ -213,7 +214,7 @@ pub(super) fn open_source(app: &App) -> Option<Source> {
     match Source::open(url, &Options::of(&app.cfg)) {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::error!("{}: {e}", app.name);
+            tracing::error!("{}: {}", app.name, crate::base::chain::text(&e));
             None
         }
     }
@@ -289,9 +290,11 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                 Some(p)
             }
             Err(e) => {
+                let mismatch = matches!(e, Error::Source(SourceError::Mismatch { .. }));
+                let e = crate::base::chain::text(&e);
                 tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
                 worker.set_activity(Activity::Waiting { current, why: format!("fetching {v} failed: {e}") });
-                if matches!(e, Error::ArtifactMismatch { .. }) {
+                if mismatch {
                     worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
                     mem.refused.insert(key);
                     return Settled;
@@ -319,8 +322,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                 e.downcast_ref::<Error>(),
                 Some(
                     Error::ArchiveRefused { .. }
-                        | Error::ArtifactMismatch { .. }
-                        | Error::ArtifactRefused { .. }
+                        | Error::Source(SourceError::Mismatch { .. } | SourceError::Refused { .. })
                         | Error::VersionConflict { .. }
                 )
             );

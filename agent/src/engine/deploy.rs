@@ -117,7 +117,7 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         let mut artifact = match &req.archive {
             Some(path) => Some(tl.step("verify", || {
                 let max = req.expected.as_ref().map(|p| p.size);
-                crate::source::artifact::Artifact::open(path, &app.downloads_dir(), max).map(|a| {
+                crate::source::artifact::Artifact::open(path, &app.downloads_dir(), max).map_err(Error::from).map(|a| {
                     let d = format!("sha256 {}", &a.sha256[..16]);
                     (a, Some(d))
                 })
@@ -133,13 +133,15 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         };
         if let Some(want) = &req.expected {
             if want.sha256 != file_sha || (artifact.is_some() && want.size != file_size) {
-                return Err(Error::ArtifactMismatch {
+                return Err(Error::from(crate::source::SourceError::Mismatch {
                     artifact: req.archive.as_ref().map_or(format!("release {v} on disk"), |a| a.display().to_string()),
-                    reason: format!(
-                        "sha256 is {file_sha} ({file_size} bytes), the manifest says {} ({} bytes)",
-                        want.sha256, want.size
-                    ),
-                }
+                    mismatch: crate::source::error::Mismatch::Release {
+                        actual: file_sha,
+                        size: file_size,
+                        expected: want.sha256.clone(),
+                        expected_size: want.size,
+                    },
+                })
                 .into());
             }
         }

@@ -10,6 +10,7 @@ use crate::app::App;
 use crate::error::Error;
 use crate::source::bucket::{Fetched, Source};
 use crate::source::manifest::{self, Accepted, Verdict};
+use crate::source::SourceError;
 
 /// What one poll of the channel found.
 #[derive(Debug)]
@@ -52,10 +53,9 @@ pub async fn poll_channel(app: &App, src: &Source, etag: &mut Option<String>) ->
     };
     let from = Origin::Channel(src.describe(&key));
     let app2 = app.clone();
-    let verdict =
-        tokio::task::spawn_blocking(move || accept_under_lock(&app2, &bytes, &sig, &from)).await.map_err(|e| {
-            Error::Source { source_url: src.describe(&key), message: format!("accepting the manifest: {e}") }
-        })?;
+    let verdict = tokio::task::spawn_blocking(move || accept_under_lock(&app2, &bytes, &sig, &from))
+        .await
+        .map_err(|e| SourceError::local(&src.describe(&key), format!("accepting the manifest: {e}")))?;
     match verdict {
         Ok(polled) => {
             *etag = new_etag;
@@ -67,7 +67,7 @@ pub async fn poll_channel(app: &App, src: &Source, etag: &mut Option<String>) ->
             }
             Ok(Polled::Refused { reason: r.reason })
         }
-        Err(AcceptError::Other(e)) => Err(Error::Source { source_url: src.describe(&key), message: format!("{e:#}") }),
+        Err(AcceptError::Other(e)) => Err(SourceError::local(&src.describe(&key), format!("{e:#}")).into()),
     }
 }
 
@@ -139,10 +139,8 @@ pub async fn fetch_artifact(
         let name = Path::new(&want.artifact).file_name().unwrap_or_default();
         return Ok((dir.join(name), None));
     }
-    let src = src.ok_or_else(|| Error::Source {
-        source_url: want.from.to_string(),
-        message: "the app has no `source` configured any more".to_owned(),
-    })?;
+    let src =
+        src.ok_or_else(|| SourceError::local(&want.from.to_string(), "the app has no `source` configured any more"))?;
     let started = std::time::Instant::now();
     let got = std::sync::atomic::AtomicU64::new(0);
     let first = std::sync::atomic::AtomicU64::new(u64::MAX);
@@ -237,7 +235,7 @@ pub fn deploy_version(
             }
             Ok(_) => None,
             // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
-            Err(e) => Some(format!("the channel's manifest could not be refreshed: {e}")),
+            Err(e) => Some(format!("the channel's manifest could not be refreshed: {}", crate::base::chain::text(&e))),
         };
         if let Some(r) = &refusal {
             crate::base::progress::note!("{}: {r}", app.name);

@@ -10,11 +10,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use rustix::fs::{FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use crate::error::Error;
+use super::error::{Refusal, SourceError};
 
 #[derive(Debug)]
 pub struct Artifact {
@@ -30,46 +29,45 @@ pub struct Artifact {
 impl Artifact {
     /// Opens and hashes `path`. `private` is a directory only root can write (the copy goes there when needed);
     /// `max_size` caps what is read (a signed manifest's size).
-    pub fn open(path: &Path, private: &Path, max_size: Option<u64>) -> anyhow::Result<Artifact> {
-        let refuse = |reason: String| Error::ArtifactRefused { artifact: path.to_owned(), reason };
+    pub fn open(path: &Path, private: &Path, max_size: Option<u64>) -> Result<Artifact, SourceError> {
+        let refuse = |refusal: Refusal| SourceError::Refused { artifact: path.to_owned(), refusal };
+        let file = |action: &'static str| {
+            move |e: std::io::Error| SourceError::File { action, path: path.to_owned(), source: e }
+        };
         let fd = match rustix::fs::open(
             path,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
-            Err(e) if e == rustix::io::Errno::LOOP => {
-                return Err(refuse("it is a symlink, and links are never followed; give the file itself".into()).into())
-            }
-            Err(e) => return Err(std::io::Error::from(e)).with_context(|| format!("opening {}", path.display())),
+            Err(e) if e == rustix::io::Errno::LOOP => return Err(refuse(Refusal::Symlink)),
+            Err(e) => return Err(file("opening")(e.into())),
         };
-        let st = rustix::fs::fstat(&fd).with_context(|| format!("inspecting {}", path.display()))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| file("inspecting")(e.into()))?;
         let kind = FileType::from_raw_mode(st.st_mode);
         if kind != FileType::RegularFile {
-            return Err(refuse(format!("it is a {kind:?}, not a regular file").to_lowercase()).into());
+            return Err(refuse(Refusal::NotRegular { kind: format!("{kind:?}").to_lowercase() }));
         }
         let size = st.st_size as u64;
         if let Some(max) = max_size {
             if size > max {
-                return Err(refuse(format!("it is {size} bytes, more than the {max} its manifest allows")).into());
+                return Err(refuse(Refusal::TooLarge { size, max }));
             }
         }
         // Reads block again from here on (a regular file never did).
-        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).with_context(|| format!("opening {}", path.display()))?;
+        rustix::fs::fcntl_setfl(&fd, OFlags::empty()).map_err(|e| file("opening")(e.into()))?;
         let mut source = File::from(fd);
         let me = rustix::process::geteuid().as_raw();
         let only_root_writes = st.st_uid == me && st.st_mode & 0o022 == 0;
         if only_root_writes {
-            let (sha256, n) = hash(&mut source, max_size.map(|m| m.saturating_add(1)))
-                .with_context(|| format!("reading {}", path.display()))?;
-            source.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", path.display()))?;
+            let (sha256, n) = hash(&mut source, max_size.map(|m| m.saturating_add(1))).map_err(file("reading"))?;
+            source.seek(SeekFrom::Start(0)).map_err(file("reading"))?;
             return Ok(Artifact { file: source, shown: path.to_owned(), sha256, size: n, _copy: None });
         }
-        crate::base::trust::private_dir(private, None)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".artifact-")
-            .tempfile_in(private)
-            .with_context(|| format!("creating a private copy in {}", private.display()))?;
+        crate::base::trust::private_dir(private, None).map_err(SourceError::PrivateDir)?;
+        let tmp = tempfile::Builder::new().prefix(".artifact-").tempfile_in(private).map_err(|e| {
+            SourceError::File { action: "creating a private copy in", path: private.to_owned(), source: e }
+        })?;
         let (mut copy, tmp_path) = tmp.into_parts();
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 << 10];
@@ -77,20 +75,27 @@ impl Artifact {
         let cap = max_size.map_or(u64::MAX, |m| m.saturating_add(1));
         loop {
             let want = buf.len().min(cap.saturating_sub(n).max(1) as usize);
-            let got = source.read(&mut buf[..want]).with_context(|| format!("reading {}", path.display()))?;
+            let got = source.read(&mut buf[..want]).map_err(file("reading"))?;
             if got == 0 {
                 break;
             }
-            copy.write_all(&buf[..got])
-                .with_context(|| format!("copying {} to {}", path.display(), tmp_path.display()))?;
+            copy.write_all(&buf[..got]).map_err(|e| SourceError::Copy {
+                from: path.to_owned(),
+                to: tmp_path.to_path_buf(),
+                source: e,
+            })?;
             hasher.update(&buf[..got]);
             n += got as u64;
             if n >= cap {
-                return Err(refuse(format!("it grew past the {} bytes its manifest allows", cap - 1)).into());
+                return Err(refuse(Refusal::Grew { max: cap - 1 }));
             }
             crate::base::progress::beat();
         }
-        copy.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", tmp_path.display()))?;
+        copy.seek(SeekFrom::Start(0)).map_err(|e| SourceError::File {
+            action: "reading",
+            path: tmp_path.to_path_buf(),
+            source: e,
+        })?;
         Ok(Artifact {
             file: copy,
             shown: path.to_owned(),
@@ -109,8 +114,12 @@ impl Artifact {
     }
 
     /// The content from its start.
-    pub fn reader(&mut self) -> anyhow::Result<&File> {
-        self.file.seek(SeekFrom::Start(0)).with_context(|| format!("reading {}", self.shown.display()))?;
+    pub fn reader(&mut self) -> Result<&File, SourceError> {
+        self.file.seek(SeekFrom::Start(0)).map_err(|source| SourceError::File {
+            action: "reading",
+            path: self.shown.clone(),
+            source,
+        })?;
         Ok(&self.file)
     }
 }

@@ -22,9 +22,9 @@ use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, RetryConfig};
 use sha2::{Digest, Sha256};
 
+use super::error::{Mismatch, Redacted, SourceError};
 use crate::base::digest::{sha256_file, sha256_prefix};
 use crate::config::{AppConfig, DownloadPolicy};
-use crate::error::Error;
 
 /// Largest manifest or signature we read: they are a few hundred bytes.
 const MAX_SMALL: u64 = 64 << 10;
@@ -72,18 +72,16 @@ pub enum Fetched {
 impl Source {
     /// Opens `url` (the app's `BASE/APP`). Credentials come from the standard environment of each store
     /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and, for S3, the instance's metadata service.
-    pub fn open(url: &str, opts: &Options) -> Result<Source, Error> {
-        let err = |message: String| Error::Source {
-            source_url: crate::base::redact::url(url),
-            message: crate::base::redact::text(&message),
-        };
-        crate::config::no_credentials(url).map_err(|e| err(e.clone()))?;
+    pub fn open(url: &str, opts: &Options) -> Result<Source, SourceError> {
+        let shown = || crate::base::redact::url(url);
+        crate::config::no_credentials(url).map_err(|source| SourceError::Credentials { url: shown(), source })?;
         if let Some(e) = &opts.endpoint {
-            crate::config::no_credentials(e).map_err(|e| err(format!("endpoint: {e}")))?;
+            crate::config::no_credentials(e)
+                .map_err(|source| SourceError::EndpointCredentials { url: shown(), source })?;
         }
-        let parsed = url::Url::parse(url).map_err(|e| err(format!("not a URL: {e}")))?;
-        let (scheme, prefix) =
-            ObjectStoreScheme::parse(&parsed).map_err(|e| err(format!("unsupported source: {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|source| SourceError::NotAUrl { url: shown(), source })?;
+        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed)
+            .map_err(|e| SourceError::Unsupported { url: shown(), source: Redacted::text(e) })?;
         let mut client = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             // Downloads are bounded by our own stall timer instead: a large artifact may take long, but never
@@ -132,7 +130,7 @@ impl Source {
             }
             ObjectStoreScheme::Http => {
                 if parsed.scheme() == "http" && !opts.allow_http {
-                    return Err(err("plain http:// needs `allow_http = true`".to_owned()));
+                    return Err(SourceError::PlainHttp { url: shown() });
                 }
                 object_store::http::HttpBuilder::new()
                     .with_url(&parsed[..url::Position::BeforePath])
@@ -142,9 +140,9 @@ impl Source {
                     .build()
                     .map(|s| Arc::new(s) as _)
             }
-            other => return Err(err(format!("unsupported scheme {other:?}"))),
+            other => return Err(SourceError::UnsupportedScheme { url: shown(), scheme: format!("{other:?}") }),
         };
-        let store = built.map_err(|e| err(format!("{e}")))?;
+        let store = built.map_err(|e| SourceError::Client { url: shown(), source: Redacted::text(e) })?;
         // Only ever shown redacted (it carries no credentials, as checked above; this is the second line).
         let shown = crate::base::redact::url(url.trim_end_matches('/'));
         Ok(Source { url: shown, store, prefix, policy: opts.download.clone() })
@@ -158,37 +156,44 @@ impl Source {
         format!("{}/{rel}", self.url)
     }
 
-    /// An error about `rel`; the message (often the HTTP client's, with URLs in it) is redacted.
-    fn error(&self, rel: &str, e: impl std::fmt::Display) -> Error {
-        Error::Source { source_url: self.describe(rel), message: crate::base::redact::text(&e.to_string()) }
+    /// A request about `rel` failed; `e` (the store's error, often with URLs in it) is kept redacted.
+    fn failed(&self, rel: &str, e: &dyn std::error::Error) -> SourceError {
+        SourceError::Request { at: self.describe(rel), source: Redacted::chain(e) }
+    }
+
+    /// A local file of a download or an upload of `rel` failed.
+    fn io(&self, rel: &str, action: &'static str, path: &Path, source: std::io::Error) -> SourceError {
+        SourceError::Io { at: self.describe(rel), action, path: path.to_owned(), source }
     }
 
     /// A small object (manifest, signature), conditionally on `etag`.
-    pub async fn fetch_small(&self, rel: &str, etag: Option<&str>) -> Result<Fetched, Error> {
+    pub async fn fetch_small(&self, rel: &str, etag: Option<&str>) -> Result<Fetched, SourceError> {
         let opts = GetOptions { if_none_match: etag.map(str::to_owned), ..Default::default() };
         let get = async {
             match self.store.get_opts(&self.key(rel), opts).await {
                 Ok(r) => {
                     if r.meta.size > MAX_SMALL {
-                        return Err(
-                            self.error(rel, format!("{} bytes; a manifest is at most {MAX_SMALL}", r.meta.size))
-                        );
+                        return Err(SourceError::TooLarge {
+                            at: self.describe(rel),
+                            size: r.meta.size,
+                            max: MAX_SMALL,
+                        });
                     }
                     let etag = r.meta.e_tag.clone();
-                    let bytes = r.bytes().await.map_err(|e| self.error(rel, full_error(&e)))?;
+                    let bytes = r.bytes().await.map_err(|e| self.failed(rel, &e))?;
                     if bytes.len() as u64 > MAX_SMALL {
-                        return Err(self.error(rel, "larger than announced"));
+                        return Err(SourceError::LargerThanAnnounced { at: self.describe(rel) });
                     }
                     Ok(Fetched::Body { bytes, etag })
                 }
                 Err(object_store::Error::NotModified { .. }) => Ok(Fetched::NotModified),
                 Err(object_store::Error::NotFound { .. }) => Ok(Fetched::Missing),
-                Err(e) => Err(self.error(rel, full_error(&e))),
+                Err(e) => Err(self.failed(rel, &e)),
             }
         };
-        tokio::time::timeout(SMALL_TIMEOUT, get)
-            .await
-            .unwrap_or_else(|_| Err(self.error(rel, format!("no answer within {}s", SMALL_TIMEOUT.as_secs()))))
+        tokio::time::timeout(SMALL_TIMEOUT, get).await.unwrap_or_else(|_| {
+            Err(SourceError::NoAnswer { at: self.describe(rel), within: Some(SMALL_TIMEOUT.as_secs()) })
+        })
     }
 
     /// Downloads `rel` into `dir` as `SHA256.tar.zst`, resuming a partial download, retrying with exponential
@@ -202,11 +207,11 @@ impl Source {
         sha256: &str,
         size: u64,
         progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<PathBuf, SourceError> {
         let d = dir.to_owned();
         blocking(move || crate::base::trust::private_dir(&d, None).map_err(|e| format!("{e:#}")))
             .await
-            .map_err(|e| self.error(rel, e))?;
+            .map_err(|e| SourceError::local(&self.describe(rel), e))?;
         let done = dir.join(format!("{sha256}.tar.zst"));
         let part = dir.join(format!("{sha256}.tar.zst.part"));
         let (d, want) = (done.clone(), sha256.to_owned());
@@ -242,9 +247,10 @@ impl Source {
                     }
                     Err(Attempt::Again(e)) => {
                         tracing::warn!(
-                            "download of {} failed (attempt {attempt} of {}): {e}; retrying in {}s",
+                            "download of {} failed (attempt {attempt} of {}): {}; retrying in {}s",
                             self.describe(rel),
                             p.attempts,
+                            crate::base::chain::text(&e),
                             backoff.as_secs()
                         );
                         tokio::time::sleep(backoff).await;
@@ -254,15 +260,10 @@ impl Source {
                 }
             }
         };
-        tokio::time::timeout(p.deadline, attempts).await.unwrap_or_else(|_| {
-            Err(self.error(
-                rel,
-                format!("not downloaded within the deadline of {}", humantime::format_duration(p.deadline)),
-            ))
-        })?;
-        tokio::fs::rename(&part, &done)
+        tokio::time::timeout(p.deadline, attempts)
             .await
-            .map_err(|e| self.error(rel, format!("renaming {}: {e}", part.display())))?;
+            .unwrap_or_else(|_| Err(SourceError::Deadline { at: self.describe(rel), deadline: p.deadline }))?;
+        tokio::fs::rename(&part, &done).await.map_err(|e| self.io(rel, "renaming", &part, e))?;
         Ok(done)
     }
 
@@ -275,9 +276,8 @@ impl Source {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<(), Attempt> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-        let again = |e: Error| Attempt::Again(e);
-        let io =
-            |what: &str, e: std::io::Error| Attempt::Again(self.error(rel, format!("{what} {}: {e}", part.display())));
+        let again = |e: SourceError| Attempt::Again(e);
+        let io = |what: &'static str, e: std::io::Error| Attempt::Again(self.io(rel, what, part, e));
         // What an earlier attempt left is hashed on the blocking pool (it may be gigabytes).
         let p2 = part.to_owned();
         let (file, mut hasher, mut have) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
@@ -287,7 +287,7 @@ impl Source {
             Ok((file, hasher, have))
         })
         .await
-        .map_err(|e| io("opening", std::io::Error::other(e)))?
+        .map_err(|e| io("opening", std::io::Error::other(Redacted::text(e))))?
         .map_err(|e| io("reading", e))?;
         let mut file = tokio::fs::File::from_std(file);
         if have >= size && size > 0 {
@@ -302,16 +302,18 @@ impl Source {
             let stall = self.policy.stall;
             let result = tokio::time::timeout(stall, self.store.get_opts(&self.key(rel), opts))
                 .await
-                .map_err(|_| again(self.error(rel, "no answer")))?;
+                .map_err(|_| again(SourceError::NoAnswer { at: self.describe(rel), within: None }))?;
             let result = match result {
                 Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Err(Attempt::Again(self.error(rel, "not found"))),
-                Err(e) => return Err(again(self.error(rel, full_error(&e)))),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(again(SourceError::NotFound { at: self.describe(rel) }))
+                }
+                Err(e) => return Err(again(self.failed(rel, &e))),
             };
             if result.meta.size != size {
-                return Err(Attempt::Final(Error::ArtifactMismatch {
+                return Err(Attempt::Final(SourceError::Mismatch {
                     artifact: self.describe(rel),
-                    reason: format!("the bucket holds {} bytes; the manifest says {size}", result.meta.size),
+                    mismatch: Mismatch::Size { held: result.meta.size, size },
                 }));
             }
             if result.range.start != have {
@@ -326,15 +328,15 @@ impl Source {
             let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
             let window_min = self.policy.min_rate.saturating_mul(stall.as_secs().max(1));
             loop {
-                let next = tokio::time::timeout(stall, stream.next()).await.map_err(|_| {
-                    again(self.error(rel, format!("no data for {}", humantime::format_duration(stall))))
-                })?;
+                let next = tokio::time::timeout(stall, stream.next())
+                    .await
+                    .map_err(|_| again(SourceError::Stalled { at: self.describe(rel), silent: stall }))?;
                 let Some(chunk) = next else { break };
-                let chunk = chunk.map_err(|e| again(self.error(rel, full_error(&e))))?;
+                let chunk = chunk.map_err(|e| again(self.failed(rel, &e)))?;
                 if have.saturating_add(chunk.len() as u64) > size {
-                    return Err(Attempt::Final(Error::ArtifactMismatch {
+                    return Err(Attempt::Final(SourceError::Mismatch {
                         artifact: self.describe(rel),
-                        reason: format!("the body is longer than the manifest's size of {size} bytes"),
+                        mismatch: Mismatch::Longer { size },
                     }));
                 }
                 file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
@@ -344,31 +346,29 @@ impl Source {
                 window_bytes += chunk.len() as u64;
                 if window_start.elapsed() >= stall {
                     if window_bytes < window_min {
-                        return Err(again(self.error(
-                            rel,
-                            format!(
-                                "too slow: {window_bytes} bytes in {}, below the minimum of {}/s",
-                                humantime::format_duration(stall),
-                                bytesize::ByteSize(self.policy.min_rate).display().iec()
-                            ),
-                        )));
+                        return Err(again(SourceError::TooSlow {
+                            at: self.describe(rel),
+                            bytes: window_bytes,
+                            window: stall,
+                            min_rate: self.policy.min_rate,
+                        }));
                     }
                     (window_start, window_bytes) = (tokio::time::Instant::now(), 0);
                 }
                 crate::base::progress::beat();
                 if crate::base::progress::shutting_down() {
-                    return Err(again(self.error(rel, "stopped: the agent is shutting down")));
+                    return Err(again(SourceError::Stopped { at: self.describe(rel) }));
                 }
             }
         }
         if have != size {
-            return Err(again(self.error(rel, format!("the body ended after {have} of {size} bytes"))));
+            return Err(again(SourceError::Truncated { at: self.describe(rel), have, size }));
         }
         let actual = hex::encode(hasher.finalize());
         if actual != sha256 {
-            return Err(Attempt::Final(Error::ArtifactMismatch {
+            return Err(Attempt::Final(SourceError::Mismatch {
                 artifact: self.describe(rel),
-                reason: format!("sha256 is {actual}, the manifest says {sha256}"),
+                mismatch: Mismatch::Digest { actual, expected: sha256.to_owned() },
             }));
         }
         file.flush().await.map_err(|e| io("writing", e))?;
@@ -378,42 +378,44 @@ impl Source {
 
     /// Streams an object to `dest` as it is (for `publish`, which hashes what is already there). `None` when
     /// the object does not exist.
-    pub async fn download_unverified(&self, rel: &str, dest: &Path) -> Result<Option<PathBuf>, Error> {
+    pub async fn download_unverified(&self, rel: &str, dest: &Path) -> Result<Option<PathBuf>, SourceError> {
         let result = match self.store.get_opts(&self.key(rel), GetOptions::default()).await {
             Ok(r) => r,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error(rel, full_error(&e))),
+            Err(e) => return Err(self.failed(rel, &e)),
         };
-        let mut file = File::create(dest).map_err(|e| self.error(rel, format!("creating {}: {e}", dest.display())))?;
+        let mut file = File::create(dest).map_err(|e| self.io(rel, "creating", dest, e))?;
         let mut stream = result.into_stream();
         while let Some(chunk) = tokio::time::timeout(STALL, stream.next())
             .await
-            .map_err(|_| self.error(rel, format!("no data for {}s", STALL.as_secs())))?
+            .map_err(|_| SourceError::Stalled { at: self.describe(rel), silent: STALL })?
         {
-            let chunk = chunk.map_err(|e| self.error(rel, full_error(&e)))?;
-            file.write_all(&chunk).map_err(|e| self.error(rel, format!("writing {}: {e}", dest.display())))?;
+            let chunk = chunk.map_err(|e| self.failed(rel, &e))?;
+            file.write_all(&chunk).map_err(|e| self.io(rel, "writing", dest, e))?;
         }
         Ok(Some(dest.to_owned()))
     }
 
-    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), Error> {
-        self.store.put(&self.key(rel), bytes.into()).await.map(|_| ()).map_err(|e| self.error(rel, full_error(&e)))
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), SourceError> {
+        self.store.put(&self.key(rel), bytes.into()).await.map(|_| ()).map_err(|e| self.failed(rel, &e))
     }
 
     /// Uploads a file in parts (large artifacts never sit in memory whole).
-    pub async fn put_file(&self, rel: &str, path: &Path) -> Result<(), Error> {
+    pub async fn put_file(&self, rel: &str, path: &Path) -> Result<(), SourceError> {
         use tokio::io::AsyncWriteExt;
+        // The writer's errors are the store's, inside an io::Error whose message is the store's message.
+        let upload = |e: std::io::Error| SourceError::Request { at: self.describe(rel), source: Redacted::text(e) };
         let mut w = object_store::buffered::BufWriter::new(self.store.clone(), self.key(rel));
-        let mut f = File::open(path).map_err(|e| self.error(rel, format!("opening {}: {e}", path.display())))?;
+        let mut f = File::open(path).map_err(|e| self.io(rel, "opening", path, e))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).map_err(|e| self.error(rel, format!("reading {}: {e}", path.display())))?;
+            let n = f.read(&mut buf).map_err(|e| self.io(rel, "reading", path, e))?;
             if n == 0 {
                 break;
             }
-            w.write_all(&buf[..n]).await.map_err(|e| self.error(rel, e))?;
+            w.write_all(&buf[..n]).await.map_err(upload)?;
         }
-        w.shutdown().await.map_err(|e| self.error(rel, e))
+        w.shutdown().await.map_err(upload)
     }
 }
 
@@ -453,21 +455,6 @@ impl object_store::client::HttpConnector for SameOriginRedirects {
     }
 }
 
-/// An error with its chain of causes (`connection refused` is often three causes down).
-pub fn full_error(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
-
 /// Runs file work on the blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
     tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?
@@ -475,7 +462,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
 
 enum Attempt {
     /// Worth retrying (network, stall, truncated body).
-    Again(Error),
+    Again(SourceError),
     /// The artifact itself is wrong: retrying cannot help.
-    Final(Error),
+    Final(SourceError),
 }

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::SourceError;
 use crate::base::version::Version;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,8 +225,7 @@ fn valid_artifact_path(p: &str) -> bool {
 }
 
 /// A minisign key pair for CI: `PREFIX.key` (unencrypted secret key) and `PREFIX.pub`.
-pub fn keygen(prefix: &std::path::Path) -> anyhow::Result<String> {
-    use anyhow::Context;
+pub fn keygen(prefix: &std::path::Path) -> Result<String, SourceError> {
     let with = |ext: &str| {
         let mut p = prefix.as_os_str().to_owned();
         p.push(ext);
@@ -233,33 +233,39 @@ pub fn keygen(prefix: &std::path::Path) -> anyhow::Result<String> {
     };
     let (sk_path, pk_path) = (with(".key"), with(".pub"));
     for p in [&sk_path, &pk_path] {
-        anyhow::ensure!(!p.exists(), "{} already exists; refusing to overwrite a key", p.display());
+        if p.exists() {
+            return Err(SourceError::KeyExists { path: p.clone() });
+        }
     }
     let minisign::KeyPair { pk, sk } =
-        minisign::KeyPair::generate_unencrypted_keypair().map_err(|e| anyhow::anyhow!("generating a key: {e}"))?;
-    let sk_text = sk.to_box(Some("switchback secret key")).map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
-    let pk_text = pk.to_box().map_err(|e| anyhow::anyhow!("{e}"))?.to_string();
-    crate::base::fsutil::write_new(&sk_path, sk_text.as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", sk_path.display()))?;
-    crate::base::fsutil::write_new(&pk_path, pk_text.as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", pk_path.display()))?;
+        minisign::KeyPair::generate_unencrypted_keypair().map_err(SourceError::KeyGen)?;
+    let sk_text = sk.to_box(Some("switchback secret key")).map_err(SourceError::KeyEncoding)?.to_string();
+    let pk_text = pk.to_box().map_err(SourceError::KeyEncoding)?.to_string();
+    for (path, text, mode) in [(&sk_path, &sk_text, 0o600), (&pk_path, &pk_text, 0o644)] {
+        crate::base::fsutil::write_new(path, text.as_bytes(), mode).map_err(|source| SourceError::File {
+            action: "writing",
+            path: path.clone(),
+            source,
+        })?;
+    }
     Ok(pk.to_base64())
 }
 
 /// Reads an unencrypted minisign secret key.
-pub fn load_secret_key(path: &std::path::Path) -> anyhow::Result<minisign::SecretKey> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading key {}: {e}", path.display()))?;
+pub fn load_secret_key(path: &std::path::Path) -> Result<minisign::SecretKey, SourceError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::File {
+        action: "reading key",
+        path: path.to_owned(),
+        source,
+    })?;
     let sk_box = minisign::SecretKeyBox::from_string(&text)
-        .map_err(|e| anyhow::anyhow!("{} is not a minisign secret key: {e}", path.display()))?;
-    sk_box.into_unencrypted_secret_key().map_err(|e| {
-        anyhow::anyhow!("{}: {e} (publish needs a passwordless key, as written by `switchback keygen`)", path.display())
-    })
+        .map_err(|source| SourceError::NotASecretKey { path: path.to_owned(), source })?;
+    sk_box.into_unencrypted_secret_key().map_err(|cause| SourceError::EncryptedKey { path: path.to_owned(), cause })
 }
 
 /// Signs `bytes` (prehashed, as current minisign does); returns the `.minisig` text.
-pub fn sign(sk: &minisign::SecretKey, bytes: &[u8], trusted_comment: &str) -> anyhow::Result<String> {
-    let sig = minisign::sign(None, sk, Cursor::new(bytes), Some(trusted_comment), None)
-        .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+pub fn sign(sk: &minisign::SecretKey, bytes: &[u8], trusted_comment: &str) -> Result<String, SourceError> {
+    let sig = minisign::sign(None, sk, Cursor::new(bytes), Some(trusted_comment), None).map_err(SourceError::Sign)?;
     Ok(sig.to_string())
 }
 
