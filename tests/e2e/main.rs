@@ -15,5 +15,6 @@ mod health;
 mod hostile;
 mod nspawn;
 mod operations;
+mod reuse;
 mod security;
 mod snapshots;

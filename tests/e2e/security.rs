@@ -38,16 +38,16 @@ fn account(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 /// A real unprivileged user with its own group (and, optionally, membership in one more new group), made for one
-/// test and removed with its home on drop, whatever the test's outcome.
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
+/// test and removed with its home on drop, whatever the test's outcome. Other modules (`reuse`) use it too.
+pub(crate) struct User {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
     extra_group: Option<String>,
 }
 
 impl User {
-    fn new() -> User {
+    pub(crate) fn new() -> User {
         User::create(None)
     }
 
