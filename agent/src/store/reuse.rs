@@ -3,7 +3,9 @@
 //! data, where the filesystem can) or a hard link (the same inode: safe only because releases are immutable and
 //! root's, and only between files whose mode and owner are the same). The donors are the releases their indexes
 //! describe (the current release and the last good one); a donor file is checked against the disk (type, size,
-//! mode, owner, inode) before it is shared, and any failure to share it falls back to writing the file.
+//! mode, owner, and a modification time no later than its index: a file written, or replaced, after its release
+//! was indexed is not what the index describes) before it is shared, and any failure to share it falls back to
+//! writing the file.
 //!
 //! This module never writes into a donor release, never follows a link in one, and never shares an inode whose
 //! mode or owner would differ from what the unpacker would have written.
@@ -55,7 +57,8 @@ pub enum Shared {
 /// The files of the releases on disk that a new release may share, by content.
 pub struct Donors {
     mode: ReuseMode,
-    releases: Vec<OwnedFd>,
+    /// Each donor release's directory, and the time its index was written (no file of it is newer).
+    releases: Vec<(OwnedFd, i64, i64)>,
     by_content: HashMap<(u64, [u8; 32]), Vec<Donor>>,
     /// Directories of the donor releases, opened without following links, by (release, path).
     dirs: HashMap<(usize, Vec<u8>), OwnedFd>,
@@ -118,8 +121,15 @@ impl Donors {
                 }
             };
             let release = d.releases.len();
+            let indexed = match std::fs::metadata(idx) {
+                Ok(m) => (std::os::unix::fs::MetadataExt::mtime(&m), std::os::unix::fs::MetadataExt::mtime_nsec(&m)),
+                Err(e) => {
+                    tracing::debug!("not reusing files of {}: {}: {e}", dir.display(), idx.display());
+                    continue;
+                }
+            };
             match d.add(release, idx) {
-                Ok(()) => d.releases.push(fd),
+                Ok(()) => d.releases.push((fd, indexed.0, indexed.1)),
                 Err(e) => tracing::debug!("not reusing files of {}: {e:#}", dir.display()),
             }
         }
@@ -175,10 +185,12 @@ impl Donors {
             }
             let pdir = &self.dirs[&key];
             let Ok(st) = rustix::fs::statat(pdir, c.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            let (_, indexed_s, indexed_ns) = self.releases[c.release];
             let same = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                 && st.st_size as u64 == size
                 && st.st_mode & 0o7777 == mode
-                && (st.st_uid, st.st_gid) == (self.owner.0.as_raw(), self.owner.1.as_raw());
+                && (st.st_uid, st.st_gid) == (self.owner.0.as_raw(), self.owner.1.as_raw())
+                && (st.st_mtime, st.st_mtime_nsec as i64) <= (indexed_s, indexed_ns);
             if !same {
                 continue;
             }
@@ -221,13 +233,16 @@ impl Donors {
             return Ok(None);
         }
         let Ok(src) = open_beneath(pdir.as_fd(), donor, OFlags::RDONLY, Mode::empty()) else { return Ok(None) };
-        let dst =
-            match open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600)) {
-                Ok(fd) => fd,
-                // The name is taken (by an entry of the archive): not shared, written.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
-                Err(e) => return Err(e),
-            };
+        let created =
+            open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600));
+        let dst = match created {
+            Ok(fd) => fd,
+            // The name is taken (by an entry of the archive), or cannot be made: not shared, written.
+            Err(e) => {
+                tracing::debug!("cannot make a reflink: {e}");
+                return Ok(None);
+            }
+        };
         if let Err(e) = rustix::fs::ioctl_ficlone(&dst, &src) {
             drop(dst);
             rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
@@ -249,7 +264,7 @@ impl Donors {
         if self.dirs.contains_key(key) {
             return true;
         }
-        let Some(root) = self.releases.get(key.0) else { return false };
+        let Some((root, _, _)) = self.releases.get(key.0) else { return false };
         let mut cur: Option<OwnedFd> = None;
         for c in key.1.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             let at = cur.as_ref().map_or(root.as_fd(), |f| f.as_fd());

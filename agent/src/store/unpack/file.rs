@@ -89,7 +89,9 @@ impl Unpacker<'_> {
             // Written already; shared instead when a release on disk has it, so that it costs no disk: the shared
             // file is made beside it, then renamed over it.
             let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
-            let beside = [b".switchback-shared-".as_slice(), name].concat();
+            // A short name, whatever the length of the file's own (an entry of the archive by that name is never
+            // replaced: sharing into a taken name fails, and the file stays as written).
+            let beside = format!(".switchback-shared-{}", self.report.entries).into_bytes();
             if let Some((_, shared)) =
                 self.donors.share(size, &hash, final_mode, dir, &beside).map_err(|e| here.write(e))?
             {
