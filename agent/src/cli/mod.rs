@@ -175,6 +175,10 @@ pub struct PublishArgs {
     /// Allow a plain-http endpoint
     #[arg(long)]
     allow_http: bool,
+    /// Do not publish a delta against the version the channel named before (agents holding that version download
+    /// only the changed files)
+    #[arg(long)]
+    no_delta: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +239,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                 dir: a.dir.clone(),
                 file: a.file.clone(),
                 promote_only: a.promote_only,
+                delta: !a.no_delta,
                 expires_in: a.expires_in,
                 options: crate::source::bucket::Options {
                     endpoint: a.endpoint.clone(),

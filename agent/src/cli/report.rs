@@ -112,14 +112,18 @@ impl Report {
             }
             Report::Published(o) => writeln!(
                 w,
-                "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{})",
+                "{}: channel {} -> {} (sequence {}, sha256 {}, {} bytes{}{})",
                 o.app,
                 o.channel,
                 o.version,
                 o.sequence,
                 o.sha256,
                 o.size,
-                if o.uploaded { ", uploaded" } else { ", already uploaded" }
+                if o.uploaded { ", uploaded" } else { ", already uploaded" },
+                o.delta.as_ref().map_or(String::new(), |d| format!(
+                    "; delta from {}: {} bytes, {} files carried, {} taken from {}",
+                    d.from, d.size, d.files_carried, d.files_referenced, d.from
+                ))
             ),
             Report::Deployed(o) => writeln!(
                 w,

@@ -266,73 +266,104 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
     let v = want.version.clone();
     let key = (v.to_string(), want.sha256.clone());
     mem.held.clear();
-    let mut fetched = None;
-    let archive = if have {
-        // An artifact left from a deploy a shutdown interrupted is not needed any more.
-        let left = app.downloads_dir().join(format!("{}.tar.zst", want.sha256));
-        let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
-        None
-    } else {
-        worker.set_activity(Activity::Downloading { current: current.clone(), version: v.to_string(), progress: None });
-        let w = worker.clone();
-        let (current2, v2) = (current.clone(), v.to_string());
-        let show = move |n: u64, total: u64| {
-            w.set_activity(Activity::Downloading {
-                current: current2.clone(),
-                version: v2.clone(),
-                progress: Some((n, total)),
-            })
-        };
-        match pull::fetch_artifact(app, src, &want, &show).await {
-            Ok((p, took)) => {
-                crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterDownload);
-                fetched = took;
-                Some(p)
-            }
-            Err(e) => {
-                let mismatch = matches!(e, Error::Source(SourceError::Mismatch { .. }));
-                let e = crate::base::chain::text(&e);
-                tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
-                worker.set_activity(Activity::Waiting { current, why: format!("fetching {v} failed: {e}") });
-                if mismatch {
-                    worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
-                    mem.refused.insert(key);
-                    return Settled;
+    // A delta when the manifest names one and its base is here; the full artifact if that fails in any way.
+    let mut delta = if have { None } else { plan::delta_base(&state, &on_disk, &want).cloned() };
+    let (archive, result) = loop {
+        let mut fetched = None;
+        let archive = if have {
+            // An artifact left from a deploy a shutdown interrupted is not needed any more.
+            let left = app.downloads_dir().join(format!("{}.tar.zst", want.sha256));
+            let _ = blocking(worker, move || Ok(std::fs::remove_file(left))).await;
+            None
+        } else {
+            worker.set_activity(Activity::Downloading {
+                current: current.clone(),
+                version: v.to_string(),
+                progress: None,
+            });
+            let w = worker.clone();
+            let (current2, v2) = (current.clone(), v.to_string());
+            let show = move |n: u64, total: u64| {
+                w.set_activity(Activity::Downloading {
+                    current: current2.clone(),
+                    version: v2.clone(),
+                    progress: Some((n, total)),
+                })
+            };
+            match pull::fetch_artifact(app, src, &want, delta.as_ref(), &show).await {
+                Ok((p, took)) => {
+                    crate::base::crashpoint::hit(crate::base::crashpoint::Point::AfterDownload);
+                    fetched = took;
+                    Some(p)
                 }
-                return Later;
+                Err(e) if delta.is_some() => {
+                    let e = crate::base::chain::text(&e);
+                    tracing::warn!("{}: cannot fetch the delta of {v}: {e}; fetching the full artifact", app.name);
+                    delta = None;
+                    continue;
+                }
+                Err(e) => {
+                    let mismatch = matches!(e, Error::Source(SourceError::Mismatch { .. }));
+                    let e = crate::base::chain::text(&e);
+                    tracing::warn!("{}: cannot fetch {v}: {e}", app.name);
+                    worker.set_activity(Activity::Waiting { current, why: format!("fetching {v} failed: {e}") });
+                    if mismatch {
+                        worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
+                        mem.refused.insert(key);
+                        return Settled;
+                    }
+                    return Later;
+                }
             }
-        }
-    };
-    worker.set_activity(Activity::Deploying { version: v.to_string(), stage: None });
-    let req = DeployRequest {
-        archive: archive.clone(),
-        expected: Some(deploy::Promise { sha256: want.sha256.clone(), size: want.size }),
-        version: v.clone(),
-        force: false,
-        reason: Some(format!("{} (sequence {})", want.from, want.sequence)),
-        fetched,
-        delta: None,
-    };
-    let a = app.clone();
-    let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;
-    match &result {
-        Ok(out) => tracing::info!("{}: {} {} ({})", app.name, out.version, out.outcome, out.health),
-        Err(e) => {
-            let refused = matches!(
-                e.downcast_ref::<Error>(),
-                Some(
-                    Error::ArchiveRefused { .. }
-                        | Error::Source(SourceError::Mismatch { .. } | SourceError::Refused { .. })
-                        | Error::VersionConflict { .. }
-                )
+        };
+        worker.set_activity(Activity::Deploying { version: v.to_string(), stage: None });
+        let full = deploy::Promise { sha256: want.sha256.clone(), size: want.size };
+        let req = DeployRequest {
+            archive: archive.clone(),
+            expected: Some(match &delta {
+                Some(d) => deploy::Promise { sha256: d.sha256.clone(), size: d.size },
+                None => full.clone(),
+            }),
+            version: v.clone(),
+            force: false,
+            reason: Some(format!(
+                "{} (sequence {}){}",
+                want.from,
+                want.sequence,
+                delta.as_ref().map_or(String::new(), |d| format!(", from the delta against {}", d.from))
+            )),
+            fetched,
+            delta: delta.as_ref().map(|d| deploy::DeltaOf { base: d.from.clone(), release: full }),
+        };
+        let a = app.clone();
+        let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;
+        let refused = result.as_ref().err().is_some_and(pull::refused_archive);
+        if let (true, Some(d), Err(e)) = (refused, &delta, &result) {
+            // The base is not what the delta was made against (changed, or its files not shareable here), or the
+            // delta is not what its manifest says: nothing of it is kept, and the full artifact decides.
+            tracing::warn!(
+                "{}: the delta of {v} against {} was not used ({e:#}); fetching the full artifact",
+                app.name,
+                d.from
             );
-            if refused {
-                mem.refused.insert(key);
-                worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e:#}", fsutil::now_rfc3339())));
+            if let Some(p) = archive.filter(|p| p.starts_with(app.downloads_dir())) {
+                let _ = blocking(worker, move || Ok(std::fs::remove_file(p))).await;
             }
-            tracing::warn!("{}: {e:#}", app.name);
+            delta = None;
+            continue;
         }
-    }
+        match &result {
+            Ok(out) => tracing::info!("{}: {} {} ({})", app.name, out.version, out.outcome, out.health),
+            Err(e) => {
+                if refused {
+                    mem.refused.insert(key.clone());
+                    worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e:#}", fsutil::now_rfc3339())));
+                }
+                tracing::warn!("{}: {e:#}", app.name);
+            }
+        }
+        break (archive, result);
+    };
     // The download is kept only for a deploy that did not get to use it (busy, or stopped by a shutdown before
     // the release was on disk); a release on disk never needs its artifact again.
     let busy = matches!(result.as_ref().err().and_then(|e| e.downcast_ref::<Error>()), Some(Error::Busy { .. }));

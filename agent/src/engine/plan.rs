@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use crate::base::version::Version;
 use crate::error::Error;
-use crate::source::manifest::Accepted;
+use crate::source::manifest::{Accepted, Delta};
 use crate::statedir::state::{AppState, InFlight, Op, Step};
 
 /// Why a switch to a version is held.
@@ -128,6 +128,14 @@ pub fn converge(
     Converge::Deploy { want, on_disk }
 }
 
+/// The delta worth fetching for `want`: the one its manifest names, when its base is on disk as a release this
+/// app recorded (with its index, the base's files are what the delta refers to). Anything else fetches the full
+/// artifact.
+pub fn delta_base<'a>(state: &AppState, on_disk: &[Version], want: &'a Accepted) -> Option<&'a Delta> {
+    let d = want.delta.as_ref()?;
+    (on_disk.contains(&d.from) && state.releases.contains_key(&d.from) && d.from != want.version).then_some(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +244,7 @@ mod tests {
             expires: expires.into(),
             accepted_at: "2026-01-01T00:00:00Z".into(),
             from: "s3://bucket/web/channels/stable.json".into(),
+            delta: None,
         });
         s
     }
@@ -265,6 +274,27 @@ mod tests {
         // ... but a deploy in flight towards it is not "there" yet.
         s3.in_flight = Some(flight(Op::Deploy, "2", "1", Step::Checking));
         assert!(matches!(converge(&s3, &disk, &none, now), Converge::Deploy { .. }));
+    }
+
+    #[test]
+    fn a_delta_is_fetched_only_when_its_base_is_on_disk() {
+        let mut s = wanting("2", "2027-01-01T00:00:00Z");
+        let delta =
+            Delta { from: v("1"), artifact: "releases/2.from-1.delta.tar.zst".into(), sha256: "dd".into(), size: 1 };
+        let want = |s: &AppState| {
+            let mut w = s.channel.clone().unwrap();
+            w.delta = Some(delta.clone());
+            w
+        };
+        let w = want(&s);
+        assert_eq!(delta_base(&s, &[v("1")], &w), Some(&delta));
+        // Not on disk (pruned), or on disk but not a release this app recorded: the full artifact.
+        assert_eq!(delta_base(&s, &[], &w), None);
+        s.releases.clear();
+        assert_eq!(delta_base(&s, &[v("1")], &w), None);
+        // No delta named.
+        let plain = wanting("2", "2027-01-01T00:00:00Z");
+        assert_eq!(delta_base(&plain, &[v("1")], plain.channel.as_ref().unwrap()), None);
     }
 
     #[test]

@@ -128,11 +128,13 @@ pub fn accept_under_lock(app: &App, bytes: &[u8], sig: &str, from: &Origin) -> R
 /// Where the artifact of an accepted manifest is, fetching it when it comes from the bucket. `inbox` is the
 /// directory an inbox manifest came from.
 /// `progress` hears (bytes so far, size) while it downloads; the result says how long it took and how many bytes
-/// came over the network (none for an inbox drop, or an artifact already downloaded).
+/// came over the network (none for an inbox drop, or an artifact already downloaded). With `delta` (one the
+/// manifest names, see [`crate::engine::plan::delta_base`]), that delta is fetched instead of the artifact.
 pub async fn fetch_artifact(
     app: &App,
     src: Option<&Source>,
     want: &Accepted,
+    delta: Option<&crate::source::manifest::Delta>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(PathBuf, Option<crate::engine::deploy::Fetched>), Error> {
     if let Some(dir) = want.from.inbox_dir() {
@@ -155,16 +157,25 @@ pub async fn fetch_artifact(
         got.store(n, std::sync::atomic::Ordering::Relaxed);
         progress(n, total);
     };
-    let path = src.download(&want.artifact, &app.downloads_dir(), &want.sha256, want.size, &track).await?;
+    let (rel, sha256, size) = match delta {
+        Some(d) => (&d.artifact, &d.sha256, d.size),
+        None => (&want.artifact, &want.sha256, want.size),
+    };
+    let path = src.download(rel, &app.downloads_dir(), sha256, size, &track).await?;
     let bytes = got
         .load(std::sync::atomic::Ordering::Relaxed)
-        .saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed).min(want.size));
+        .saturating_sub(first.load(std::sync::atomic::Ordering::Relaxed).min(size));
     let ms = started.elapsed().as_millis() as u64;
     let detail = format!(
-        "{} of {} from {}",
+        "{} of {} from {}{}",
         bytesize::ByteSize(bytes).display().iec(),
-        bytesize::ByteSize(want.size).display().iec(),
-        src.describe(&want.artifact)
+        bytesize::ByteSize(size).display().iec(),
+        src.describe(rel),
+        delta.map_or(String::new(), |d| format!(
+            " (the delta from {}; the release is {})",
+            d.from,
+            bytesize::ByteSize(want.size).display().iec()
+        ))
     );
     let timing = crate::base::timeline::Timing { step: "download".to_owned(), ms, detail: Some(detail) };
     Ok((path, Some(crate::engine::deploy::Fetched { timing, bytes })))
@@ -226,43 +237,81 @@ pub fn deploy_version(
         ))
         .into());
     };
-    let (path, sha, took) = rt.block_on(async {
-        let src = Source::open(&url, &crate::source::bucket::Options::of(&app.cfg))?;
-        let refusal = match poll_channel(app, &src, &mut None).await {
-            Ok(Polled::Refused { reason }) => Some(format!("the channel's manifest was refused: {reason}")),
-            Ok(Polled::Missing) => {
-                Some(format!("no manifest is published at {}", src.describe(&channel_key(&app.cfg.channel))))
+    // The delta the manifest names when its base is here; the full artifact if the delta fails in any way.
+    let mut use_delta = true;
+    loop {
+        let (path, sha, took, delta) = rt.block_on(async {
+            let src = Source::open(&url, &crate::source::bucket::Options::of(&app.cfg))?;
+            let refusal = match poll_channel(app, &src, &mut None).await {
+                Ok(Polled::Refused { reason }) => Some(format!("the channel's manifest was refused: {reason}")),
+                Ok(Polled::Missing) => {
+                    Some(format!("no manifest is published at {}", src.describe(&channel_key(&app.cfg.channel))))
+                }
+                Ok(_) => None,
+                // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
+                Err(e) => {
+                    Some(format!("the channel's manifest could not be refreshed: {}", crate::base::chain::text(&e)))
+                }
+            };
+            if let Some(r) = &refusal {
+                crate::base::progress::note!("{}: {r}", app.name);
             }
-            Ok(_) => None,
-            // Busy (the daemon holds the lock) or the bucket is away: the manifest accepted before still counts.
-            Err(e) => Some(format!("the channel's manifest could not be refreshed: {}", crate::base::chain::text(&e))),
+            let state = app.load_state()?;
+            let on_disk = app.store.on_disk()?;
+            match &state.channel {
+                Some(c) if c.version == *v => {
+                    let delta = crate::engine::plan::delta_base(&state, &on_disk, c).filter(|_| use_delta).cloned();
+                    let show = terminal_progress(format!("downloading {v}"));
+                    let full = crate::engine::deploy::Promise { sha256: c.sha256.clone(), size: c.size };
+                    let (path, took) = fetch_artifact(app, Some(&src), c, delta.as_ref(), &show).await?;
+                    let delta = delta.map(|d| {
+                        let of = crate::engine::deploy::DeltaOf { base: d.from.clone(), release: full.clone() };
+                        (of, crate::engine::deploy::Promise { sha256: d.sha256, size: d.size })
+                    });
+                    anyhow::Ok((path, full, took, delta))
+                }
+                other => Err(Error::NotPublished {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    channel: app.cfg.channel.clone(),
+                    named: other.as_ref().map_or("nothing".to_owned(), |c| format!("`{}`", c.version)),
+                    why: refusal.map(|r| format!(" ({r})")).unwrap_or_default(),
+                }
+                .into()),
+            }
+        })?;
+        req.archive = Some(path.clone());
+        let used_delta = delta.is_some();
+        (req.expected, req.delta) = match delta {
+            Some((of, file)) => (Some(file), Some(of)),
+            None => (Some(sha), None),
         };
-        if let Some(r) = &refusal {
-            crate::base::progress::note!("{}: {r}", app.name);
+        req.fetched = took;
+        let out = crate::engine::deploy::deploy(app, &req, wait, print);
+        if path.starts_with(app.downloads_dir()) {
+            let _ = std::fs::remove_file(&path);
         }
-        let state = app.load_state()?;
-        match state.channel {
-            Some(c) if c.version == *v => {
-                let show = terminal_progress(format!("downloading {v}"));
-                let (path, took) = fetch_artifact(app, Some(&src), &c, &show).await?;
-                anyhow::Ok((path, crate::engine::deploy::Promise { sha256: c.sha256, size: c.size }, took))
+        match out {
+            Err(e) if used_delta && refused_archive(&e) => {
+                crate::base::progress::note!(
+                    "{}: the delta of {v} was not used ({e:#}); fetching the full artifact",
+                    app.name
+                );
+                use_delta = false;
             }
-            other => Err(Error::NotPublished {
-                app: app.name.clone(),
-                version: v.to_string(),
-                channel: app.cfg.channel.clone(),
-                named: other.map_or("nothing".to_owned(), |c| format!("`{}`", c.version)),
-                why: refusal.map(|r| format!(" ({r})")).unwrap_or_default(),
-            }
-            .into()),
+            out => return out,
         }
-    })?;
-    req.archive = Some(path.clone());
-    req.expected = Some(sha);
-    req.fetched = took;
-    let out = crate::engine::deploy::deploy(app, &req, wait, print);
-    if path.starts_with(app.downloads_dir()) {
-        let _ = std::fs::remove_file(&path);
     }
-    out
+}
+
+/// Whether a deploy failed because its archive was refused or is not what its manifest says (not the host).
+pub fn refused_archive(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<Error>(),
+        Some(
+            Error::ArchiveRefused { .. }
+                | Error::Source(SourceError::Mismatch { .. } | SourceError::Refused { .. })
+                | Error::VersionConflict { .. }
+        )
+    )
 }

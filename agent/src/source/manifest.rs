@@ -34,6 +34,22 @@ pub struct Manifest {
     /// Reserved for staged fleet rollouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<serde_json::Value>,
+    /// A delta of this release against the version the channel named before: only the changed and added files
+    /// (see `publish`). An agent that has that version on disk may download it instead of the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// A delta artifact, as a manifest names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    /// The version it was made against (its base).
+    pub from: Version,
+    /// Its path relative to `BASE/APP/`, e.g. `releases/1.4.2.from-1.4.1.delta.tar.zst`.
+    pub artifact: String,
+    pub sha256: String,
+    pub size: u64,
 }
 
 /// The last manifest an app accepted, kept in its state.
@@ -48,6 +64,8 @@ pub struct Accepted {
     pub accepted_at: String,
     /// Where it came from: the channel's URL or the inbox file.
     pub from: crate::source::origin::Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
 }
 
 /// Why a manifest was not accepted.
@@ -153,8 +171,16 @@ pub fn check(
     if !valid_artifact_path(&m.artifact) {
         return Err(Refused::final_(format!("artifact path `{}` is not a plain relative path", m.artifact)));
     }
-    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !valid_sha256(&m.sha256) {
         return Err(Refused::final_(format!("sha256 `{}` is not 64 lowercase hex digits", m.sha256)));
+    }
+    if let Some(d) = &m.delta {
+        if !valid_artifact_path(&d.artifact) {
+            return Err(Refused::final_(format!("delta artifact path `{}` is not a plain relative path", d.artifact)));
+        }
+        if !valid_sha256(&d.sha256) {
+            return Err(Refused::final_(format!("the delta's sha256 `{}` is not 64 lowercase hex digits", d.sha256)));
+        }
     }
     if let Some(last) = last {
         if m.sequence < last.sequence {
@@ -204,6 +230,7 @@ impl Manifest {
             expires: self.expires.clone(),
             accepted_at: crate::base::fsutil::now_rfc3339(),
             from,
+            delta: self.delta.clone(),
         })
     }
 }
@@ -215,6 +242,10 @@ impl Accepted {
     pub fn expired(&self, now: SystemTime) -> bool {
         !matches!(humantime::parse_rfc3339_weak(&self.expires), Ok(t) if t > now)
     }
+}
+
+fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn valid_artifact_path(p: &str) -> bool {
@@ -297,6 +328,7 @@ mod tests {
             published_at: None,
             published_by: None,
             rollout: None,
+            delta: None,
         })
         .unwrap()
     }

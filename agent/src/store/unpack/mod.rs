@@ -46,7 +46,7 @@ pub struct Report {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub bytes: u64,
-    /// Files shared with a release on disk instead of written (see [`crate::store::reuse`]), and their bytes.
+    /// Files shared with a release on disk instead of written (see `store::reuse`), and their bytes.
     pub reused: u64,
     pub reused_bytes: u64,
     /// The sha256 of each regular file written, by inode (hard links share theirs), for the release's index.

@@ -21,6 +21,8 @@ use crate::source::bucket::{Fetched, Options, Source};
 use crate::source::manifest::{self, Manifest};
 use crate::source::SourceError;
 
+pub mod delta;
+
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
     pub base: String,
@@ -34,6 +36,8 @@ pub struct PublishRequest {
     pub promote_only: bool,
     pub expires_in: Duration,
     pub options: Options,
+    /// Also publish a delta against the version the channel named before (see [`delta`]).
+    pub delta: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +52,20 @@ pub struct PublishOutcome {
     pub expires: String,
     /// Whether the artifact was uploaded now (false: it was already there, byte for byte).
     pub uploaded: bool,
+    /// The delta the manifest names, if one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<PublishedDelta>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PublishedDelta {
+    pub from: String,
+    pub artifact: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Files it carries (changed or added), and files it takes from `from`.
+    pub files_carried: u64,
+    pub files_referenced: u64,
 }
 
 pub fn publish(req: &PublishRequest, rt: &tokio::runtime::Runtime) -> anyhow::Result<PublishOutcome> {
@@ -92,10 +110,16 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         );
     }
     let sk = manifest::load_secret_key(&req.key)?;
+    let now = SystemTime::now();
     let base = format!("{}/{}", req.base.trim_end_matches('/'), req.app);
     let src = Source::open(&base, &req.options)?;
     let artifact = format!("releases/{}.tar.zst", req.version);
     let existing = hash_object(&src, &artifact).await?;
+    let key = pull::channel_key(&req.channel);
+    let previous = trusted_manifest(&src, &key, &sk, now).await?;
+    let mut new_archive = None;
+    // A packed directory's archive, kept until the delta is made from it.
+    let tmp;
     let (sha256, size, uploaded) = if req.promote_only {
         let (sha, size) = existing.ok_or_else(|| {
             SourceError::local(
@@ -105,7 +129,6 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         })?;
         (sha, size, false)
     } else {
-        let tmp;
         let archive = match (&req.dir, &req.file) {
             (Some(dir), None) => {
                 tmp = tempfile::NamedTempFile::new().context("creating a temporary archive")?;
@@ -116,6 +139,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             _ => return Err(Error::Usage("give either a directory to pack or --file ARCHIVE".to_owned()).into()),
         };
         check_archive(&archive)?;
+        new_archive = Some(archive.clone());
         let (sha, size) = crate::base::digest::sha256_file(&archive)?;
         match existing {
             Some((old, _)) if old == sha => (sha, size, false),
@@ -133,11 +157,14 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             }
         }
     };
-    let key = pull::channel_key(&req.channel);
-    let now = SystemTime::now();
+    let delta = match (&previous, &new_archive) {
+        (Some(prev), Some(archive)) if req.delta && prev.version != req.version.as_str() => {
+            publish_delta(&src, prev, &req.version, archive, size).await?
+        }
+        _ => None,
+    };
     let unix = manifest::unix(now);
-    let old_sequence = trusted_sequence(&src, &key, &sk, now).await?;
-    let sequence = match old_sequence {
+    let sequence = match previous.as_ref().map(|m| m.sequence) {
         Some(old) => old
             .checked_add(1)
             .ok_or_else(|| Error::Usage(format!("the channel's sequence {old} cannot grow any more")))?
@@ -157,6 +184,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         published_at: Some(humantime::format_rfc3339_seconds(now).to_string()),
         published_by: std::env::var("USER").ok(),
         rollout: None,
+        delta: delta.as_ref().map(|(d, _)| d.clone()),
     };
     let mut bytes = serde_json::to_vec_pretty(&m)?;
     bytes.push(b'\n');
@@ -174,7 +202,70 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         sequence: m.sequence,
         expires: m.expires,
         uploaded,
+        delta: delta.map(|(d, made)| PublishedDelta {
+            from: d.from.to_string(),
+            artifact: src.describe(&d.artifact),
+            sha256: d.sha256,
+            size: d.size,
+            files_carried: made.carried,
+            files_referenced: made.referenced,
+        }),
     })
+}
+
+/// The delta of `version` (its archive `archive`, `full_size` bytes) against the previous manifest's release,
+/// uploaded; `None` when none is made (the previous artifact is gone or not what its manifest says, the delta
+/// cannot be proven, or it would not be much smaller): said, never an error of the publish.
+async fn publish_delta(
+    src: &Source,
+    prev: &Manifest,
+    version: &Version,
+    archive: &Path,
+    full_size: u64,
+) -> anyhow::Result<Option<(manifest::Delta, delta::Made)>> {
+    let Ok(from) = Version::parse(&prev.version) else { return Ok(None) };
+    let tmp = tempfile::tempdir().context("creating a directory for the delta")?;
+    let base = match src.download_unverified(&prev.artifact, &tmp.path().join("base.tar.zst")).await? {
+        Some(p) => p,
+        None => {
+            tracing::warn!("no delta: {} (the release of {from}) is not in the bucket", src.describe(&prev.artifact));
+            return Ok(None);
+        }
+    };
+    let (sha, _) = crate::base::digest::sha256_file(&base)?;
+    if sha != prev.sha256 {
+        tracing::warn!(
+            "no delta: {} is not what the channel's manifest says (sha256 {sha})",
+            src.describe(&prev.artifact)
+        );
+        return Ok(None);
+    }
+    let out = tmp.path().join("delta.tar.zst");
+    let (base2, archive2, out2) = (base.clone(), archive.to_owned(), out.clone());
+    let made = tokio::task::spawn_blocking(move || delta::make(&base2, &archive2, &out2))
+        .await
+        .map_err(|e| anyhow::anyhow!("making the delta: {e}"))??;
+    let Some(made) = made else { return Ok(None) };
+    let (sha256, size) = crate::base::digest::sha256_file(&out)?;
+    if size.saturating_mul(10) >= full_size.saturating_mul(9) {
+        tracing::info!(
+            "no delta: against {from} it would be {size} bytes, not much less than the release's {full_size}"
+        );
+        return Ok(None);
+    }
+    let artifact = format!("releases/{version}.from-{from}.delta.tar.zst");
+    match hash_object(src, &artifact).await? {
+        None => src.put_file(&artifact, &out).await?,
+        Some((old, _)) if old == sha256 => {}
+        Some((old, _)) => {
+            tracing::warn!(
+                "no delta: {} exists with other content (sha256 {old}); it is left as it is",
+                src.describe(&artifact)
+            );
+            return Ok(None);
+        }
+    }
+    Ok(Some((manifest::Delta { from, artifact, sha256, size }, made)))
 }
 
 /// The longest `--expires-in` publish writes.
@@ -191,35 +282,40 @@ fn check_archive(archive: &Path) -> anyhow::Result<()> {
     let limits = crate::config::Limits::default();
     // Agents judge links that leave the release by their own `outside_links`; publish uses the default, and a
     // release location of the usual shape (so links into ROOT/shared pass).
-    let links = crate::store::unpack::LinkPolicy {
-        location: Some(PathBuf::from("/srv/app/releases/check")),
-        outside: crate::config::default_outside_links(),
-    };
     crate::store::unpack::unpack_tar_zst_with(
         std::io::BufReader::with_capacity(64 << 10, file),
         fd.as_fd(),
         &limits,
         None,
-        &links,
+        &check_links(),
     )
     .map_err(|source| Error::ArchiveRefused { archive: archive.to_owned(), source: Box::new(source) })?;
     Ok(())
+}
+
+/// Links that leave the release, judged as agents do by default, for a release at a place of the usual shape (so
+/// links into `ROOT/shared` pass).
+fn check_links() -> crate::store::unpack::LinkPolicy {
+    crate::store::unpack::LinkPolicy {
+        location: Some(PathBuf::from("/srv/app/releases/check")),
+        outside: crate::config::default_outside_links(),
+    }
 }
 
 fn days(d: Duration) -> String {
     format!("{}d", d.as_secs() / 86400)
 }
 
-/// The channel's current sequence, if it can be trusted: only a manifest whose signature verifies against the
-/// key publish signs with counts (anyone who can write the bucket could put an unsigned one there, with a sequence
-/// that would freeze the channel), and only when it is not implausibly far above this clock. Otherwise publish
-/// says why and uses the clock.
-async fn trusted_sequence(
+/// The channel's current manifest, if it can be trusted (for its sequence, and as the base of a delta): only a
+/// manifest whose signature verifies against the key publish signs with counts (anyone who can write the bucket
+/// could put an unsigned one there, with a sequence that would freeze the channel), and only when its sequence is
+/// not implausibly far above this clock. Otherwise publish says why and uses the clock.
+async fn trusted_manifest(
     src: &Source,
     key: &str,
     sk: &minisign::SecretKey,
     now: SystemTime,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Option<Manifest>> {
     let bytes = match src.fetch_small(key, None).await? {
         Fetched::Body { bytes, .. } => bytes,
         _ => return Ok(None),
@@ -250,7 +346,7 @@ async fn trusted_sequence(
         tracing::warn!("{shown}: {why}; agents refuse it, so the clock is used instead");
         return Ok(None);
     }
-    Ok(Some(m.sequence))
+    Ok(Some(m))
 }
 
 /// The sha256 and size of an object, streamed; `None` if it does not exist.
