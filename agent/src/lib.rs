@@ -19,7 +19,7 @@
 //! | `host/` | commands, the service, health checks, hooks | base … app |
 //! | `engine/` | the pure decisions (`plan`: the switch gate, recovery, convergence), then deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
 //! | `daemon/` | the systemd service: one worker per app follows its channel and inbox | base … engine |
-//! | `publish`, `demo` | the CI side (keygen, publish) and the self-contained demo | base … engine |
+//! | `publish/`, `demo` | the CI side (keygen, publish, deltas) and the self-contained demo | base … engine |
 //! | `cli/` | the command line: parse, execute into a report, render it (human or JSON) | everything |
 
 pub mod cli;

@@ -3,6 +3,7 @@
 //! `BASE/APP/releases/VERSION.tar.zst`, then signs and writes the channel manifest with the next sequence:
 //! the signature first, the manifest last, so an agent never sees a new manifest without its signature.
 //! `--promote-only` points a channel at an already uploaded version (a promotion, or a deliberate rollback).
+//! Against the version the channel named before, it also publishes a delta ([`delta`]) that the manifest names.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
