@@ -121,6 +121,18 @@ impl Worker {
 pub const CANCEL_FILE: &str = "cancel";
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Set once by the daemon: everything this process does, it does as the daemon.
+static DAEMON: AtomicBool = AtomicBool::new(false);
+
+/// This process is the daemon (its history events say so, from whichever thread they are recorded).
+pub fn mark_daemon() {
+    DAEMON.store(true, Ordering::Relaxed);
+}
+
+/// Whether this is the daemon's work: the daemon process, or work entered on behalf of one of its workers.
+pub fn is_daemon() -> bool {
+    DAEMON.load(Ordering::Relaxed) || in_worker()
+}
 
 thread_local! {
     static CURRENT: RefCell<Option<Arc<Worker>>> = const { RefCell::new(None) };

@@ -44,6 +44,7 @@ struct Handle {
 
 /// Runs the daemon on `rt` (the process's one runtime, built by `main`) until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
+    crate::base::progress::mark_daemon();
     let config = Config::load(config_path)?;
     let group = config.agent.read_group.as_deref().map(crate::base::trust::group).transpose().map_err(Error::Usage)?;
     let _one = crate::statedir::lock::daemon_lock(&config.agent.state_dir, group)?;

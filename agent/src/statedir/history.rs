@@ -135,7 +135,7 @@ impl Who {
             login_user: login_uid.and_then(user_name),
             sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
             pid: std::process::id(),
-            daemon: crate::base::progress::in_worker(),
+            daemon: crate::base::progress::is_daemon(),
         }
     }
 

@@ -60,6 +60,15 @@ fn follows_the_channel_rolls_back_a_bad_release_and_a_manual_rollback_sticks() {
     for op in ["accept", "deploy", "rollback", "pin", "unpin"] {
         assert!(ops.contains(&op.to_owned()), "history lacks {op}: {ops:?}");
     }
+    // What the daemon did says it was the daemon, whichever of its threads recorded it; the operator's pin not.
+    for e in s.host.history() {
+        let by_daemon = e["who"]["daemon"].as_bool().unwrap();
+        match e["op"].as_str().unwrap() {
+            "accept" => assert!(by_daemon, "an accept recorded as not the daemon's: {e:#}"),
+            "pin" | "unpin" => assert!(!by_daemon, "an operator's command recorded as the daemon's: {e:#}"),
+            _ => {}
+        }
+    }
     assert_eq!(d.stop(), 0, "SIGTERM must end the daemon with 0; log:\n{}", d.log());
     assert!(!s.host.state_dir().join("daemon.json").exists(), "the daemon's status file outlived it");
 }
