@@ -8,6 +8,7 @@ mod tarw;
 mod cli;
 mod crash;
 mod daemon;
+mod delta;
 mod faults;
 mod fidelity;
 mod fuzz;

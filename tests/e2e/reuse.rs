@@ -7,7 +7,8 @@
 //! Tests that assert sharing by inode configure `reuse = "hardlink"`; the `auto` test asks the filesystem of the
 //! temporary directory whether it can reflink and expects a hard link (same inode) or a reflink (a new inode with
 //! the same bytes) accordingly. This file holds the release model, the tree walk and the redeploy tests;
-//! `reuse/safety.rs` prune and rollback, owners, tampered donors and hostile names.
+//! `reuse/safety.rs` prune and rollback, owners, tampered donors and hostile names. `delta.rs` uses the release
+//! model and the tree walk too.
 
 mod safety;
 
@@ -24,11 +25,11 @@ const BIG: usize = (1 << 20) + (100 << 10);
 /// A release as the archive holds it: directories (made from the entries' parents, all 0755), files in archive
 /// order, hard links and symlinks after them.
 #[derive(Debug, Clone, Default)]
-struct Spec {
-    files: Vec<(String, Vec<u8>, u32)>,
-    hardlinks: Vec<(String, String)>,
-    symlinks: Vec<(String, String)>,
-    dirs: Vec<String>,
+pub(crate) struct Spec {
+    pub(crate) files: Vec<(String, Vec<u8>, u32)>,
+    pub(crate) hardlinks: Vec<(String, String)>,
+    pub(crate) symlinks: Vec<(String, String)>,
+    pub(crate) dirs: Vec<String>,
 }
 
 impl Spec {
@@ -58,18 +59,18 @@ impl Spec {
         s
     }
 
-    fn file(&mut self, path: &str, data: &[u8], mode: u32) {
+    pub(crate) fn file(&mut self, path: &str, data: &[u8], mode: u32) {
         match self.files.iter_mut().find(|f| f.0 == path) {
             Some(f) => (f.1, f.2) = (data.to_vec(), mode),
             None => self.files.push((path.to_owned(), data.to_vec(), mode)),
         }
     }
 
-    fn get(&self, path: &str) -> &(String, Vec<u8>, u32) {
+    pub(crate) fn get(&self, path: &str) -> &(String, Vec<u8>, u32) {
         self.files.iter().find(|f| f.0 == path).unwrap_or_else(|| panic!("{path} is not in the release"))
     }
 
-    fn remove(&mut self, path: &str) -> (String, Vec<u8>, u32) {
+    pub(crate) fn remove(&mut self, path: &str) -> (String, Vec<u8>, u32) {
         let i = self.files.iter().position(|f| f.0 == path).unwrap();
         self.files.remove(i)
     }
@@ -87,7 +88,7 @@ impl Spec {
         out
     }
 
-    fn archive(&self) -> Vec<u8> {
+    pub(crate) fn archive(&self) -> Vec<u8> {
         let mut r = Release::new();
         for d in self.all_dirs() {
             r = r.dir(&d, 0o755);
@@ -105,7 +106,7 @@ impl Spec {
     }
 
     /// The tree the unpacker must make of this archive (modes sanitized, root's, the app's group if `group`).
-    fn expected(&self, group: Option<u32>) -> Vec<Row> {
+    pub(crate) fn expected(&self, group: Option<u32>) -> Vec<Row> {
         let gid = group.unwrap_or(0);
         let mut out = vec![(".".to_owned(), Kind::Dir, 0o755, 0, gid)];
         out.extend(self.all_dirs().into_iter().map(|d| (d, Kind::Dir, 0o755, 0, gid)));
@@ -187,25 +188,25 @@ fn next(s: &Spec, r: usize) -> (Spec, Changes) {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
+pub(crate) enum Kind {
     Dir,
     File(Vec<u8>),
     Symlink(String),
 }
 
 /// One entry as a reader sees it: path, type and content, permission bits, uid, gid.
-type Row = (String, Kind, u32, u32, u32);
+pub(crate) type Row = (String, Kind, u32, u32, u32);
 
 /// One entry of a tree on disk, with where its data lives.
 #[derive(Debug, Clone)]
-struct Node {
-    row: Row,
-    inode: Inode,
-    nlink: u64,
+pub(crate) struct Node {
+    pub(crate) row: Row,
+    pub(crate) inode: Inode,
+    pub(crate) nlink: u64,
 }
 
 /// Every entry under `root` (links not followed), by path relative to it.
-fn walk(root: &Path) -> BTreeMap<String, Node> {
+pub(crate) fn walk(root: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     let mut todo = vec![root.to_owned()];
     while let Some(p) = todo.pop() {
@@ -227,12 +228,12 @@ fn walk(root: &Path) -> BTreeMap<String, Node> {
     out
 }
 
-fn rows(t: &BTreeMap<String, Node>) -> Vec<Row> {
+pub(crate) fn rows(t: &BTreeMap<String, Node>) -> Vec<Row> {
     t.values().map(|n| n.row.clone()).collect()
 }
 
 /// A file's (dev, ino).
-type Inode = (u64, u64);
+pub(crate) type Inode = (u64, u64);
 
 /// The inodes of a tree's files, by (content, mode).
 fn inodes(t: &BTreeMap<String, Node>) -> HashMap<(Vec<u8>, u32), HashSet<Inode>> {
@@ -250,7 +251,7 @@ fn all_inodes(t: &BTreeMap<String, Node>) -> HashSet<Inode> {
 }
 
 #[track_caller]
-fn assert_tree(h: &Host, v: &str, spec: &Spec, group: Option<u32>) -> BTreeMap<String, Node> {
+pub(crate) fn assert_tree(h: &Host, v: &str, spec: &Spec, group: Option<u32>) -> BTreeMap<String, Node> {
     let t = walk(&h.root().join("releases").join(v));
     let (got, want) = (rows(&t), spec.expected(group));
     if got != want {
