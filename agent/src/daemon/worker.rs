@@ -268,6 +268,8 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
     mem.held.clear();
     // A delta when the manifest names one and its base is here; the full artifact if that fails in any way.
     let mut delta = if have { None } else { plan::delta_base(&state, &on_disk, &want).cloned() };
+    // Downloads that were not used (a delta that did not assemble): counted in the one that is.
+    let mut unused: Vec<deploy::Fetched> = Vec::new();
     let (archive, result) = loop {
         let mut fetched = None;
         let archive = if have {
@@ -332,7 +334,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                 want.sequence,
                 delta.as_ref().map_or(String::new(), |d| format!(", from the delta against {}", d.from))
             )),
-            fetched,
+            fetched: fetched.clone().map(|f: deploy::Fetched| f.after(&unused)),
             delta: delta.as_ref().map(|d| deploy::DeltaOf { base: d.from.clone(), release: full }),
         };
         let a = app.clone();
@@ -350,6 +352,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                 let _ = blocking(worker, move || Ok(std::fs::remove_file(p))).await;
             }
             delta = None;
+            unused.extend(fetched);
             continue;
         }
         match &result {

@@ -52,6 +52,21 @@ pub struct Fetched {
     pub bytes: u64,
 }
 
+impl Fetched {
+    /// This download, after `earlier` ones that were not used (a delta that did not assemble): their bytes came
+    /// over the network too, and their time is part of this step.
+    pub fn after(mut self, earlier: &[Fetched]) -> Fetched {
+        for e in earlier {
+            self.bytes += e.bytes;
+            self.timing.ms += e.timing.ms;
+            if let (Some(d), Some(before)) = (self.timing.detail.as_mut(), e.timing.detail.as_ref()) {
+                d.push_str(&format!("; after {before}, not used"));
+            }
+        }
+        self
+    }
+}
+
 /// The sha256 and size a signed manifest gives for an artifact.
 #[derive(Debug, Clone)]
 pub struct Promise {

@@ -239,8 +239,10 @@ pub fn deploy_version(
     };
     // The delta the manifest names when its base is here; the full artifact if the delta fails in any way.
     let mut use_delta = true;
+    // Downloads that were not used (a delta that did not assemble, or did not arrive whole).
+    let mut unused: Vec<crate::engine::deploy::Fetched> = Vec::new();
     loop {
-        let (path, sha, took, delta) = rt.block_on(async {
+        let fetched = rt.block_on(async {
             let src = Source::open(&url, &crate::source::bucket::Options::of(&app.cfg))?;
             let refusal = match poll_channel(app, &src, &mut None).await {
                 Ok(Polled::Refused { reason }) => Some(format!("the channel's manifest was refused: {reason}")),
@@ -263,12 +265,23 @@ pub fn deploy_version(
                     let delta = crate::engine::plan::delta_base(&state, &on_disk, c).filter(|_| use_delta).cloned();
                     let show = terminal_progress(format!("downloading {v}"));
                     let full = crate::engine::deploy::Promise { sha256: c.sha256.clone(), size: c.size };
-                    let (path, took) = fetch_artifact(app, Some(&src), c, delta.as_ref(), &show).await?;
+                    let (path, took) = match fetch_artifact(app, Some(&src), c, delta.as_ref(), &show).await {
+                        Ok(got) => got,
+                        Err(e) if delta.is_some() => {
+                            crate::base::progress::note!(
+                                "{}: cannot fetch the delta of {v} ({}); fetching the full artifact",
+                                app.name,
+                                crate::base::chain::text(&e)
+                            );
+                            return anyhow::Ok(None);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let delta = delta.map(|d| {
                         let of = crate::engine::deploy::DeltaOf { base: d.from.clone(), release: full.clone() };
                         (of, crate::engine::deploy::Promise { sha256: d.sha256, size: d.size })
                     });
-                    anyhow::Ok((path, full, took, delta))
+                    anyhow::Ok(Some((path, full, took, delta)))
                 }
                 other => Err(Error::NotPublished {
                     app: app.name.clone(),
@@ -280,13 +293,17 @@ pub fn deploy_version(
                 .into()),
             }
         })?;
+        let Some((path, sha, took, delta)) = fetched else {
+            use_delta = false;
+            continue;
+        };
         req.archive = Some(path.clone());
         let used_delta = delta.is_some();
         (req.expected, req.delta) = match delta {
             Some((of, file)) => (Some(file), Some(of)),
             None => (Some(sha), None),
         };
-        req.fetched = took;
+        req.fetched = took.clone().map(|t| t.after(&unused));
         let out = crate::engine::deploy::deploy(app, &req, wait, print);
         if path.starts_with(app.downloads_dir()) {
             let _ = std::fs::remove_file(&path);
@@ -298,6 +315,7 @@ pub fn deploy_version(
                     app.name
                 );
                 use_delta = false;
+                unused.extend(took);
             }
             out => return out,
         }
