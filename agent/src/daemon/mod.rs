@@ -29,10 +29,11 @@ use crate::engine::pull::{self};
 use crate::error::Error;
 use crate::statedir::info::{DaemonInfo, INFO_FILE};
 
+mod app_loop;
 mod inbox;
 mod worker;
 
-use worker::worker_loop;
+use app_loop::worker_loop;
 
 struct Handle {
     cfg: watch::Sender<(App, Duration)>,

@@ -16,6 +16,8 @@ mod format;
 mod limits;
 mod links;
 mod pax;
+#[cfg(test)]
+mod reuse_tests;
 mod tree;
 
 use std::io::{self, Read};
