@@ -12,6 +12,9 @@
 //!   `EXTEND_TIMEOUT_USEC` while that takes; exit 0.
 //! - An operator's command on a busy app writes `STATE_DIR/APP/cancel`; the worker's deploy stops at its next
 //!   check (before the switch: nothing changes; after it: back to the last good release).
+//!
+//! Modules, each using only those after it: `app_loop` (one app's loop), `inbox` (drops), `worker` (converge,
+//! idle checks, the repeating-trouble summary).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
