@@ -14,6 +14,7 @@ mod fidelity;
 mod fuzz;
 mod health;
 mod hostile;
+mod memory;
 mod nspawn;
 mod operations;
 mod reuse;
