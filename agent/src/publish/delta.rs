@@ -104,18 +104,41 @@ fn write(new: &Path, out: &Path, have: &HashSet<Key>) -> anyhow::Result<Option<M
             let target = e.link_name()?.context("a link without a target")?.into_owned();
             tar.append_link(&mut h, &path, &target)?;
         } else if kind.is_file() {
+            // A small file is read whole; a large one goes through a temporary file, so memory stays small.
+            let size = e.size();
+            let mut spill = None;
+            let mut hasher = sha2::Sha256::new();
             data.clear();
-            e.read_to_end(&mut data)?;
-            let sha: [u8; 32] = sha2::Sha256::digest(&data).into();
+            if size <= 1 << 20 {
+                e.read_to_end(&mut data)?;
+                hasher.update(&data);
+            } else {
+                let mut f = tempfile::tempfile().context("creating a temporary file for a large file")?;
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = e.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    f.write_all(&buf[..n])?;
+                }
+                std::io::Seek::rewind(&mut f)?;
+                spill = Some(f);
+            }
+            let sha: [u8; 32] = hasher.finalize().into();
             let mode = h.mode()? & 0o7777;
-            if have.contains(&(data.len() as u64, sha, mode)) {
-                let value = format!("{}:{}", data.len(), hex::encode(sha));
+            if have.contains(&(size, sha, mode)) {
+                let value = format!("{size}:{}", hex::encode(sha));
                 tar.append_pax_extensions([(SHARED_KEY, value.as_bytes())])?;
                 h.set_size(0);
                 tar.append_data(&mut h, &path, std::io::empty())?;
                 made.referenced += 1;
             } else {
-                tar.append_data(&mut h, &path, data.as_slice())?;
+                match spill {
+                    Some(f) => tar.append_data(&mut h, &path, f)?,
+                    None => tar.append_data(&mut h, &path, data.as_slice())?,
+                }
                 made.carried += 1;
             }
         } else {
