@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::base::verdict::HealthSummary;
+use crate::base::version::Version;
 use crate::host::health::{self, CheckResult};
 use crate::statedir::state::{InFlight, Pin};
 
@@ -264,8 +265,11 @@ pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Resul
 
 /// Adds to each release of `s` what it costs on disk.
 pub fn with_usage(app: &App, s: &mut AppStatus) -> anyhow::Result<()> {
-    let dirs: Vec<std::path::PathBuf> =
-        s.releases.iter().map(|r| app.store.root().join("releases").join(&r.version)).collect();
+    let dirs = s
+        .releases
+        .iter()
+        .map(|r| Ok(app.store.release_dir(&Version::parse(&r.version)?)))
+        .collect::<anyhow::Result<Vec<std::path::PathBuf>>>()?;
     let refs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
     for (r, u) in s.releases.iter_mut().zip(crate::store::usage::of(&refs)?) {
         (r.bytes, r.unique_bytes) = (Some(u.bytes), Some(u.unique));
