@@ -12,14 +12,14 @@
 //! | `base/` | versions, redaction, error chains, durable writes, trust checks, owners, crash points, progress and the daemon's activity, timeline, verdicts, exit codes | nothing of ours |
 //! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release, reuse of unchanged files | base |
 //! | `config/` | the configuration file, parsed and validated once, and its typed errors | base, store |
-//! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor, and their typed errors | base, config |
+//! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor, a fleet's waves and host reports, and their typed errors | base, config |
 //! | `error` | the typed errors (wrapping those of the rows above) and the one mapping of errors to exit codes | base, store, config, source |
 //! | `statedir/` | state, the journal (its one writer), history, locks | base, error, source |
 //! | `app/` | one managed app: its config, store and state paths, and the checks of what runs | all of the above |
 //! | `host/` | commands, the service, health checks, hooks | base … app |
-//! | `engine/` | the pure decisions (`plan`: the switch gate, recovery, convergence), then deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
-//! | `daemon/` | the systemd service: one worker per app follows its channel and inbox | base … engine |
-//! | `publish/`, `demo` | the CI side (keygen, publish, deltas) and the self-contained demo | base … engine |
+//! | `engine/` | the pure decisions (`plan`: the switch gate, recovery, convergence, waves and halts), then deploy, activate, rollback, reconcile, pin, clear, retention, pull, status | base … host |
+//! | `daemon/` | the systemd service: one worker per app follows its channel and inbox, gated by its fleet's rollout, and reports | base … engine |
+//! | `publish/`, `demo` | the CI side (keygen, publish, deltas, fleet status) and the self-contained demo | base … engine |
 //! | `cli/` | the command line: parse, execute into a report, render it (human or JSON) | everything |
 
 pub mod cli;

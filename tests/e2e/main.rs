@@ -11,6 +11,7 @@ mod daemon;
 mod delta;
 mod faults;
 mod fidelity;
+mod fleet;
 mod fuzz;
 mod health;
 mod hostile;

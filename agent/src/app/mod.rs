@@ -28,6 +28,8 @@ pub struct App {
     pub read_group: Option<rustix::fs::Gid>,
     /// `trusted_keys`, parsed once: the keys a channel manifest must be signed with.
     pub trusted_keys: Vec<minisign_verify::PublicKey>,
+    /// This host's id in a fleet (`[agent] host_id`, else the machine id).
+    pub host_id: Option<String>,
 }
 
 impl App {
@@ -58,6 +60,7 @@ impl App {
             read_group,
             cfg,
             state_dir: config.agent.state_dir.join(name),
+            host_id: config.agent.host_id(),
         })
     }
 

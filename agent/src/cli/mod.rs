@@ -125,6 +125,11 @@ pub enum Command {
     },
     /// Pack (or take) a release, upload it to BASE/APP/releases/, then sign and write the channel manifest
     Publish(PublishArgs),
+    /// The fleet as its bucket sees it (the hosts' reports)
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Configuration commands
     Config {
         #[command(subcommand)]
@@ -179,6 +184,44 @@ pub struct PublishArgs {
     /// only the changed files)
     #[arg(long)]
     no_delta: bool,
+    /// A wave of a staged rollout, PERCENT%:DELAY after publication (repeatable, growing), e.g. `--wave 1%:0s
+    /// --wave 10%:30m --wave 100%:2h`: a host deploys once a wave covers its seed for this release
+    #[arg(long = "wave", value_name = "P%:DELAY")]
+    waves: Vec<crate::source::rollout::Wave>,
+    /// Hosts that are due stop deploying this version once N hosts (or P% of the reporting hosts) report failing it
+    #[arg(long, value_name = "N|P%")]
+    halt_after: Option<crate::source::rollout::Threshold>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Versions and outcomes across the hosts, the rollout's waves, whether it is halted, and stale hosts
+    Status(FleetStatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FleetStatusArgs {
+    /// The bucket base, e.g. s3://bucket/deploy (as given to publish --to)
+    #[arg(long, value_name = "BASE")]
+    source: String,
+    #[arg(long)]
+    app: String,
+    #[arg(long, default_value = "production")]
+    channel: String,
+    /// A host whose last report is older than this is stale (hosts write theirs at least hourly)
+    #[arg(long, default_value = "3h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    stale_after: Duration,
+    /// A public key (as in trusted_keys) the channel manifest must be signed with (repeatable)
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
+    /// Endpoint of an S3-compatible or Azure blob service
+    #[arg(long)]
+    endpoint: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Allow a plain-http endpoint
+    #[arg(long)]
+    allow_http: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +283,8 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                 file: a.file.clone(),
                 promote_only: a.promote_only,
                 delta: !a.no_delta,
+                waves: a.waves.clone(),
+                halt_after: a.halt_after,
                 expires_in: a.expires_in,
                 options: crate::source::bucket::Options {
                     endpoint: a.endpoint.clone(),
@@ -250,6 +295,24 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
             },
             rt,
         )?),
+        Command::Fleet { command: FleetCommand::Status(a) } => {
+            Report::Fleet(Box::new(crate::publish::fleet::fleet_status(
+                &crate::publish::fleet::FleetRequest {
+                    base: a.source.clone(),
+                    app: a.app.clone(),
+                    channel: a.channel.clone(),
+                    stale_after: a.stale_after,
+                    trusted_keys: a.trusted_keys.clone(),
+                    options: crate::source::bucket::Options {
+                        endpoint: a.endpoint.clone(),
+                        region: a.region.clone(),
+                        allow_http: a.allow_http,
+                        download: Default::default(),
+                    },
+                },
+                rt,
+            )?))
+        }
         Command::Deploy { app: name, file, version: v, force, reason } => {
             let app = app(name)?;
             let v = version(v)?;

@@ -27,6 +27,7 @@ pub enum Report {
         public_key: String,
     },
     Published(PublishOutcome),
+    Fleet(Box<crate::publish::fleet::FleetStatus>),
     Deployed(DeployOutcome),
     RolledBack(RollbackOutcome),
     Status(Vec<AppStatus>),
@@ -80,6 +81,7 @@ impl Report {
         Ok(Some(match self {
             Report::Keygen { prefix, public_key } => serde_json::json!({ "public_key": public_key, "prefix": prefix }),
             Report::Published(o) => value(o)?,
+            Report::Fleet(o) => value(o)?,
             Report::Deployed(o) => value(o)?,
             Report::RolledBack(o) => value(o)?,
             Report::Status(all) => serde_json::json!({ "apps": all }),
@@ -125,6 +127,7 @@ impl Report {
                     d.from, d.size, d.files_carried, d.files_referenced, d.from
                 ))
             ),
+            Report::Fleet(o) => o.human(w),
             Report::Deployed(o) => writeln!(
                 w,
                 "{}: {} {} ({})",

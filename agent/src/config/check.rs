@@ -74,6 +74,14 @@ impl Config {
                 format!("expected at least 100ms, got {}", humantime::format_duration(self.agent.poll_interval)),
             ));
         }
+        if let Some(id) = &self.agent.host_id {
+            if !valid_host_id(id) {
+                return Err(invalid(
+                    "agent.host_id",
+                    format!("`{id}`: expected 1 to 128 of A-Z a-z 0-9 . _ - (not starting with a dot)"),
+                ));
+            }
+        }
         if let Some(g) = &self.agent.read_group {
             crate::base::trust::group(g).map_err(|e| invalid("agent.read_group", e))?;
         }
@@ -309,6 +317,13 @@ pub fn no_credentials(url: &str) -> Result<(), ValueError> {
         return Err(ValueError::QueryInUrl { url: crate::base::redact::url(url) });
     }
     Ok(())
+}
+
+/// A host id: what names its report in the bucket (1 to 128 of `[A-Za-z0-9._-]`, not starting with a dot).
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 pub fn valid_app_name(name: &str) -> bool {

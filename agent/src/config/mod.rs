@@ -14,7 +14,7 @@ use serde::Deserialize;
 mod check;
 mod error;
 
-pub use check::{no_credentials, parse_keys, valid_app_name};
+pub use check::{no_credentials, parse_keys, valid_app_name, valid_host_id};
 pub use error::{ConfigError, LoadError, UnknownApp, ValueError};
 
 pub const DEFAULT_PATH: &str = "/etc/switchback/switchback.toml";
@@ -37,11 +37,28 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// A group that may read `status` and `history` (the state files); everything else in STATE_DIR is root's.
     pub read_group: Option<String>,
+    /// This host's id in a fleet (it names the host's report and seeds its place in staged rollouts); without it,
+    /// `/etc/machine-id`.
+    pub host_id: Option<String>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None }
+        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None, host_id: None }
+    }
+}
+
+/// Where the host id comes from when `[agent] host_id` is not set.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+
+impl AgentConfig {
+    /// This host's id: `host_id`, else the machine id; `None` when neither is there.
+    pub fn host_id(&self) -> Option<String> {
+        self.host_id.clone().or_else(|| {
+            let id = std::fs::read_to_string(MACHINE_ID).ok()?;
+            let id = id.trim();
+            valid_host_id(id).then(|| id.to_owned())
+        })
     }
 }
 

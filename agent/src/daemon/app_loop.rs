@@ -15,8 +15,9 @@ use crate::base::timeline::Timeline;
 use crate::engine::pull::{self, Polled};
 use crate::engine::reconcile;
 
+use super::blocking;
 use super::inbox::{scan_inbox, watch_inbox};
-use super::worker::{blocking, converge, idle_health, open_source, Memory};
+use super::worker::{converge, idle_health, open_source, Memory};
 
 pub(super) async fn worker_loop(
     mut cfg_rx: watch::Receiver<(App, Duration)>,
@@ -82,6 +83,7 @@ pub(super) async fn worker_loop(
                 return;
             }
             converge(&app, src.as_ref(), &worker, &mut mem).await;
+            super::fleet::report(&app, src.as_ref(), &worker, &mut mem.fleet).await;
             if !*stop.borrow() {
                 idle_health(&app, &worker).await;
             }

@@ -13,7 +13,8 @@ use crate::base::progress::Worker;
 use crate::engine::pull::{self, Polled};
 use crate::source::bucket::Source;
 
-use super::worker::{blocking, converge, Converged, Memory};
+use super::blocking;
+use super::worker::{converge, Converged, Memory};
 
 /// Watches `dir` for new files; each event wakes the worker. The watcher stops when dropped.
 pub(super) fn watch_inbox(app: &str, dir: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

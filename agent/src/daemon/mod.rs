@@ -14,7 +14,8 @@
 //!   check (before the switch: nothing changes; after it: back to the last good release).
 //!
 //! Modules, each using only those after it: `app_loop` (one app's loop), `inbox` (drops), `worker` (converge,
-//! idle checks, the repeating-trouble summary).
+//! idle checks, the repeating-trouble summary), `fleet` (the rollout's gate, and this host's report); all of them
+//! run blocking work through [`blocking`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,22 @@ use crate::error::Error;
 use crate::statedir::info::{DaemonInfo, INFO_FILE};
 
 mod app_loop;
+mod fleet;
 mod inbox;
 mod worker;
 
 use app_loop::worker_loop;
+
+/// Runs blocking app work on the blocking pool, on behalf of `worker`.
+pub(super) async fn blocking<T: Send + 'static>(
+    worker: &Arc<Worker>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let w = worker.clone();
+    tokio::task::spawn_blocking(move || progress::enter(&w, f))
+        .await
+        .map_err(|e| anyhow::anyhow!("worker task: {e}"))?
+}
 
 struct Handle {
     cfg: watch::Sender<(App, Duration)>,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::blocking;
 use crate::app::App;
 use crate::base::activity::Activity;
 use crate::base::fsutil;
@@ -15,18 +16,8 @@ use crate::engine::plan::{self, Converge};
 use crate::engine::pull;
 use crate::error::Error;
 use crate::source::bucket::{Options, Source};
+use crate::source::rollout::ReportOutcome;
 use crate::source::SourceError;
-
-/// Runs blocking app work on the blocking pool, on behalf of `worker`.
-pub(super) async fn blocking<T: Send + 'static>(
-    worker: &Arc<Worker>,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    let w = worker.clone();
-    tokio::task::spawn_blocking(move || progress::enter(&w, f))
-        .await
-        .map_err(|e| anyhow::anyhow!("worker task: {e}"))?
-}
 
 /// Per-worker memory: the ETag of the last manifest fetched, and the artifacts refused for good.
 #[derive(Default)]
@@ -39,6 +30,8 @@ pub(super) struct Memory {
     held: String,
     /// A poll failure that repeats: logged once, then summarised.
     pub(super) trouble: Trouble,
+    /// The fleet: the rollout's gate and this host's report.
+    pub(super) fleet: super::fleet::FleetMemory,
 }
 
 /// A condition that may repeat at every poll (the bucket away, no manifest published): said when it starts, then
@@ -168,7 +161,15 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
             worker.set_activity(Activity::Waiting { current, why: format!("holding: {why}") });
             return if retry { Later } else { Settled };
         }
-        Converge::Deploy { want, on_disk } => (want, on_disk),
+        Converge::Deploy { want, on_disk } => {
+            let want = *want;
+            match super::fleet::gate(app, src, &want, &current, worker, &mut mem.fleet).await {
+                Some(super::fleet::Gated::Later) => return Later,
+                Some(super::fleet::Gated::Settled) => return Settled,
+                None => {}
+            }
+            (want, on_disk)
+        }
     };
     let v = want.version.clone();
     let key = (v.to_string(), want.sha256.clone());
@@ -219,6 +220,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
                     if mismatch {
                         worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e}", fsutil::now_rfc3339())));
                         mem.refused.insert(key);
+                        mem.fleet.status = Some((ReportOutcome::Refused, v.clone(), want.sequence));
                         return Settled;
                     }
                     return Later;
@@ -267,6 +269,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
             Err(e) => {
                 if refused {
                     mem.refused.insert(key.clone());
+                    mem.fleet.status = Some((ReportOutcome::Refused, v.clone(), want.sequence));
                     worker.set_refusal(Some(format!("{} refused the artifact of {v}: {e:#}", fsutil::now_rfc3339())));
                 }
                 tracing::warn!("{}: {e:#}", app.name);

@@ -3,7 +3,9 @@
 //! - the gate of every switch an operator or the daemon asks for ([`may_switch_to`], [`not_bad`]): a version
 //!   marked bad is not switched to, and a pinned app is not moved to another version, unless forced;
 //! - what recovery does after a crash ([`recovery`]), from the journal and where `current` points;
-//! - what the daemon converges to ([`converge`]), from the state, the disk and the accepted manifest.
+//! - what the daemon converges to ([`converge`]), from the state, the disk and the accepted manifest;
+//! - a fleet's rollout: each host's [`seed`], whether the [`wave`] in force covers it, and whether the hosts'
+//!   reports have [`halted`] the release.
 //!
 //! The other decisions on a state are pure too and live with it: [`AppState::rollback_target`] and
 //! [`AppState::prunable`].
@@ -14,6 +16,7 @@ use std::time::SystemTime;
 use crate::base::version::Version;
 use crate::error::Error;
 use crate::source::manifest::{Accepted, Delta};
+use crate::source::rollout::{HostReport, Threshold, Wave};
 use crate::statedir::state::{AppState, InFlight, Op, Step};
 
 /// Why a switch to a version is held.
@@ -95,7 +98,7 @@ pub enum Converge {
     /// Not deploying it, and why; `retry` when the hold may lift without a new manifest (a pin), else settled.
     Hold { version: Version, why: String, retry: bool },
     /// Deploy it: from the release on disk when `on_disk`, else after fetching its artifact.
-    Deploy { want: Accepted, on_disk: bool },
+    Deploy { want: Box<Accepted>, on_disk: bool },
 }
 
 /// The decision for `state` at `now`, given the releases on disk and the artifacts refused (by version and
@@ -125,7 +128,7 @@ pub fn converge(
         return hold(format!("the artifact of {v} was refused"), false);
     }
     let on_disk = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
-    Converge::Deploy { want, on_disk }
+    Converge::Deploy { want: Box::new(want), on_disk }
 }
 
 /// The delta worth fetching for `want`: the one its manifest names, when its base is on disk as a release this
@@ -134,6 +137,83 @@ pub fn converge(
 pub fn delta_base<'a>(state: &AppState, on_disk: &[Version], want: &'a Accepted) -> Option<&'a Delta> {
     let d = want.delta.as_ref()?;
     (on_disk.contains(&d.from) && state.releases.contains_key(&d.from) && d.from != want.version).then_some(d)
+}
+
+/// A host's place in the rollout of `version` of `app`, in [0, 100): a hash of the three, so that every release
+/// picks its early hosts anew and no host is always first.
+pub fn seed(host: &str, app: &str, version: &Version) -> u8 {
+    use sha2::Digest;
+    let h = sha2::Sha256::new()
+        .chain_update(b"switchback-wave\0")
+        .chain_update(host)
+        .chain_update(b"\0")
+        .chain_update(app)
+        .chain_update(b"\0")
+        .chain_update(version.as_str())
+        .finalize();
+    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    (n % 100) as u8
+}
+
+/// Where a rollout stands for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaveDecision {
+    /// The manifest has no waves, or the wave in force covers the host.
+    Due { wave: Option<Wave> },
+    /// Not yet: the wave in force (if any has started) does not cover the host; the first wave that will, and when
+    /// it starts (`None`: no wave of this manifest ever covers it).
+    NotYet { seed: u8, in_force: Option<Wave>, next: Option<(Wave, SystemTime)> },
+}
+
+/// Whether a host of seed `seed` is due to deploy what `want` names at `now`: when a wave whose delay (counted
+/// from the manifest's `published_at`) has passed covers its seed (seed < percent). Without waves, at once.
+pub fn wave(want: &Accepted, seed: u8, now: SystemTime) -> WaveDecision {
+    if want.waves.is_empty() {
+        return WaveDecision::Due { wave: None };
+    }
+    // Checked when the manifest was accepted; unreadable here means no rollout to wait for.
+    let Some(published) = want.published_at.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok()) else {
+        return WaveDecision::Due { wave: None };
+    };
+    let start = |w: &Wave| published + std::time::Duration::from_secs(w.after);
+    let in_force = want.waves.iter().rev().find(|w| start(w) <= now).copied();
+    match in_force {
+        Some(w) if seed < w.percent => WaveDecision::Due { wave: Some(w) },
+        _ => WaveDecision::NotYet {
+            seed,
+            in_force,
+            next: want.waves.iter().find(|w| seed < w.percent && start(w) > now).map(|w| (*w, start(w))),
+        },
+    }
+}
+
+/// The failures of one release across a fleet, from the hosts' reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failures {
+    /// Hosts whose report says they failed this version under this manifest.
+    pub failed: u64,
+    /// Hosts that report at all (the fleet, as far as the bucket knows it).
+    pub hosts: u64,
+}
+
+/// Counts the hosts in `reports` that failed `version` under the manifest of `sequence` (a newer manifest for the
+/// same version, a resume, counts afresh).
+pub fn failures<'a>(reports: impl IntoIterator<Item = &'a HostReport>, version: &Version, sequence: u64) -> Failures {
+    let mut f = Failures::default();
+    for r in reports {
+        f.hosts += 1;
+        if r.version == version.as_str() && r.sequence == sequence && r.outcome.failed() {
+            f.failed += 1;
+        }
+    }
+    f
+}
+
+/// Why the release is halted, when the failures reach the manifest's `halt_after`.
+pub fn halted(threshold: Option<Threshold>, f: Failures) -> Option<String> {
+    let t = threshold?;
+    t.reached(f.failed, f.hosts)
+        .then(|| format!("halted: {} of {} reporting hosts failed it (halt_after {t})", f.failed, f.hosts))
 }
 
 #[cfg(test)]
@@ -245,6 +325,9 @@ mod tests {
             accepted_at: "2026-01-01T00:00:00Z".into(),
             from: "s3://bucket/web/channels/stable.json".into(),
             delta: None,
+            published_at: None,
+            waves: Vec::new(),
+            halt_after: None,
         });
         s
     }
@@ -321,5 +404,103 @@ mod tests {
         // Another artifact for the same version is not refused by the memory of the first.
         let other: HashSet<_> = [("2".to_owned(), "zz".to_owned())].into();
         assert!(matches!(converge(&s, &[v("1")], &other, now), Converge::Deploy { .. }));
+    }
+
+    fn rollout(waves: &[(u8, u64)]) -> Accepted {
+        let mut a = wanting("2.0.0", "2099-01-01T00:00:00Z").channel.unwrap();
+        a.published_at = Some("2026-06-01T12:00:00Z".into());
+        a.waves = waves.iter().map(|&(percent, after)| Wave { percent, after }).collect();
+        a
+    }
+
+    #[test]
+    fn seeds_spread_over_the_hosts_and_change_with_the_release() {
+        let seeds: Vec<u8> = (0..1000).map(|i| seed(&format!("host-{i}"), "web", &v("2.0.0"))).collect();
+        assert!(seeds.iter().all(|s| *s < 100));
+        // Each tenth of the range holds about a tenth of the hosts.
+        for tenth in 0..10u8 {
+            let n = seeds.iter().filter(|s| **s / 10 == tenth).count();
+            assert!((60..=140).contains(&n), "{n} hosts with seeds in {}0..{}9", tenth, tenth);
+        }
+        assert_eq!(seed("host-1", "web", &v("2.0.0")), seeds[1], "stable");
+        let moved = (0..100).filter(|i| seed(&format!("host-{i}"), "web", &v("2.0.1")) != seeds[*i]).count();
+        assert!(moved > 80, "a new release picks other early hosts ({moved} of 100 moved)");
+        assert_ne!(
+            (0..20).map(|i| seed(&format!("host-{i}"), "api", &v("2.0.0"))).collect::<Vec<_>>(),
+            seeds[..20].to_vec()
+        );
+    }
+
+    #[test]
+    fn waves_cover_hosts_by_seed_as_time_passes() {
+        let want = rollout(&[(1, 0), (10, 1800), (100, 7200)]);
+        let t = |s: &str| at(s);
+        // Before publication (a clock behind the publisher's): nobody.
+        assert!(matches!(wave(&want, 0, t("2026-06-01T11:59:00Z")), WaveDecision::NotYet { in_force: None, .. }));
+        // The first wave covers seed 0 only.
+        assert_eq!(
+            wave(&want, 0, t("2026-06-01T12:00:00Z")),
+            WaveDecision::Due { wave: Some(Wave { percent: 1, after: 0 }) }
+        );
+        assert_eq!(
+            wave(&want, 5, t("2026-06-01T12:29:59Z")),
+            WaveDecision::NotYet {
+                seed: 5,
+                in_force: Some(Wave { percent: 1, after: 0 }),
+                next: Some((Wave { percent: 10, after: 1800 }, t("2026-06-01T12:30:00Z")))
+            }
+        );
+        assert!(matches!(wave(&want, 5, t("2026-06-01T12:30:00Z")), WaveDecision::Due { .. }));
+        assert!(matches!(wave(&want, 99, t("2026-06-01T13:59:59Z")), WaveDecision::NotYet { .. }));
+        assert!(matches!(wave(&want, 99, t("2026-06-01T14:00:00Z")), WaveDecision::Due { .. }));
+        // A rollout that stops at 10%: the others are never covered.
+        let canary = rollout(&[(10, 0)]);
+        assert_eq!(
+            wave(&canary, 50, t("2027-01-01T00:00:00Z")),
+            WaveDecision::NotYet { seed: 50, in_force: Some(Wave { percent: 10, after: 0 }), next: None }
+        );
+        // No waves: today's behaviour.
+        assert_eq!(wave(&rollout(&[]), 99, t("2026-06-01T11:00:00Z")), WaveDecision::Due { wave: None });
+    }
+
+    #[test]
+    fn failures_halt_at_the_threshold_of_this_manifest() {
+        use crate::source::rollout::ReportOutcome as O;
+        let r = |host: &str, version: &str, sequence, outcome| HostReport {
+            host: host.into(),
+            app: "web".into(),
+            version: version.into(),
+            outcome,
+            current: None,
+            sequence,
+            health: String::new(),
+            duration_ms: 0,
+            steps_ms: Default::default(),
+            agent_version: "0".into(),
+            time: "2026-06-01T12:00:00Z".into(),
+            reported_at: None,
+        };
+        let reports = [
+            r("a", "2.0.0", 7, O::RolledBack),
+            r("b", "2.0.0", 7, O::Refused),
+            r("c", "2.0.0", 7, O::Ok),
+            r("d", "2.0.0", 6, O::RolledBack),
+            r("e", "1.0.0", 7, O::RolledBack),
+            r("f", "2.0.0", 7, O::Halted),
+            r("g", "2.0.0", 7, O::Waiting),
+            r("h", "2.0.0", 7, O::RollbackFailed),
+            r("i", "1.0.0", 5, O::Ok),
+            r("j", "1.0.0", 5, O::Ok),
+        ];
+        let f = failures(&reports, &v("2.0.0"), 7);
+        assert_eq!(f, Failures { failed: 3, hosts: 10 });
+        assert_eq!(halted(None, f), None);
+        assert_eq!(halted(Some(Threshold::Hosts(4)), f), None);
+        let why = halted(Some(Threshold::Hosts(3)), f).unwrap();
+        assert!(why.contains("3 of 10") && why.contains("halt_after 3"), "{why}");
+        assert!(halted(Some(Threshold::Percent(30)), f).is_some());
+        assert!(halted(Some(Threshold::Percent(31)), f).is_none());
+        // A resumed rollout (a newer manifest for the same version) counts afresh.
+        assert_eq!(failures(&reports, &v("2.0.0"), 8).failed, 0);
     }
 }

@@ -23,6 +23,7 @@ use crate::source::manifest::{self, Manifest};
 use crate::source::SourceError;
 
 pub mod delta;
+pub mod fleet;
 
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
@@ -39,6 +40,9 @@ pub struct PublishRequest {
     pub options: Options,
     /// Also publish a delta against the version the channel named before (see [`delta`]).
     pub delta: bool,
+    /// A staged rollout (`--wave`), and when it halts (`--halt-after`).
+    pub waves: Vec<crate::source::rollout::Wave>,
+    pub halt_after: Option<crate::source::rollout::Threshold>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,6 +114,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
             days(DEFAULT_AGENT_LIFETIME)
         );
     }
+    crate::source::rollout::check_waves(&req.waves).map_err(|e| Error::Usage(format!("--wave {e}")))?;
     let sk = manifest::load_secret_key(&req.key)?;
     let now = SystemTime::now();
     let base = format!("{}/{}", req.base.trim_end_matches('/'), req.app);
@@ -184,7 +189,8 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         expires: humantime::format_rfc3339_seconds(expires).to_string(),
         published_at: Some(humantime::format_rfc3339_seconds(now).to_string()),
         published_by: std::env::var("USER").ok(),
-        rollout: None,
+        waves: req.waves.clone(),
+        halt_after: req.halt_after,
         delta: delta.as_ref().map(|(d, _)| d.clone()),
     };
     let mut bytes = serde_json::to_vec_pretty(&m)?;

@@ -4,6 +4,7 @@
 //! ```text
 //! BASE/APP/releases/VERSION.tar.zst (+ .minisig)
 //! BASE/APP/channels/CHANNEL.json (+ .minisig)
+//! BASE/APP/reports/HOST.json            (each host's last word, see `rollout`)
 //! ```
 //!
 //! Polls are conditional (`If-None-Match` with the last ETag), so an idle poll is one small request answered
@@ -59,6 +60,17 @@ impl Options {
             download: cfg.download.clone(),
         }
     }
+}
+
+/// An object found by [`Source::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Relative to `BASE/APP/`.
+    pub rel: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    /// Unix seconds, by the store's clock.
+    pub modified: i64,
 }
 
 /// What a conditional fetch found.
@@ -394,6 +406,32 @@ impl Source {
             file.write_all(&chunk).map_err(|e| self.io(rel, "writing", dest, e))?;
         }
         Ok(Some(dest.to_owned()))
+    }
+
+    /// The objects under the folder `dir` (relative to `BASE/APP/`, not recursing further), at most `max` of
+    /// them: one request per thousand objects on S3.
+    pub async fn list(&self, dir: &str, max: usize) -> Result<Vec<Listed>, SourceError> {
+        let base = self.key(dir);
+        let list = async {
+            let listed = self.store.list_with_delimiter(Some(&base)).await.map_err(|e| self.failed(dir, &e))?;
+            Ok(listed
+                .objects
+                .into_iter()
+                .filter_map(|o| {
+                    let name = o.location.filename()?.to_owned();
+                    Some(Listed {
+                        rel: format!("{dir}/{name}"),
+                        size: o.size,
+                        etag: o.e_tag,
+                        modified: o.last_modified.timestamp(),
+                    })
+                })
+                .take(max)
+                .collect())
+        };
+        tokio::time::timeout(SMALL_TIMEOUT * 3, list).await.unwrap_or_else(|_| {
+            Err(SourceError::NoAnswer { at: self.describe(dir), within: Some(SMALL_TIMEOUT.as_secs() * 3) })
+        })
     }
 
     pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<(), SourceError> {

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::error::SourceError;
+use super::rollout::{Threshold, Wave};
 use crate::base::version::Version;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,9 +32,13 @@ pub struct Manifest {
     pub published_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published_by: Option<String>,
-    /// Reserved for staged fleet rollouts.
+    /// A staged rollout: hosts deploy when a wave in force covers their seed (see `engine::plan::wave`). Needs
+    /// `published_at`, from which the waves' delays count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Wave>,
+    /// Hosts that are due stop deploying this version once this many (or this share) of the hosts report failing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<serde_json::Value>,
+    pub halt_after: Option<Threshold>,
     /// A delta of this release against the version the channel named before: only the changed and added files
     /// (see `publish`). An agent that has that version on disk may download it instead of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +71,12 @@ pub struct Accepted {
     pub from: crate::source::origin::Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<Delta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Wave>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt_after: Option<Threshold>,
 }
 
 /// Why a manifest was not accepted.
@@ -182,6 +193,15 @@ pub fn check(
             return Err(Refused::final_(format!("the delta's sha256 `{}` is not 64 lowercase hex digits", d.sha256)));
         }
     }
+    super::rollout::check_waves(&m.waves).map_err(Refused::final_)?;
+    if !m.waves.is_empty() {
+        let at = m.published_at.as_deref().unwrap_or_default();
+        if humantime::parse_rfc3339_weak(at).is_err() {
+            return Err(Refused::final_(format!(
+                "it has waves but no published_at time to count their delays from (`{at}`)"
+            )));
+        }
+    }
     if let Some(last) = last {
         if m.sequence < last.sequence {
             return Err(Refused::final_(format!(
@@ -231,6 +251,9 @@ impl Manifest {
             accepted_at: crate::base::fsutil::now_rfc3339(),
             from,
             delta: self.delta.clone(),
+            published_at: self.published_at.clone(),
+            waves: self.waves.clone(),
+            halt_after: self.halt_after,
         })
     }
 }
@@ -327,7 +350,8 @@ mod tests {
             expires: expires.into(),
             published_at: None,
             published_by: None,
-            rollout: None,
+            waves: Vec::new(),
+            halt_after: None,
             delta: None,
         })
         .unwrap()

@@ -11,5 +11,6 @@ pub mod bucket;
 pub mod error;
 pub mod manifest;
 pub mod origin;
+pub mod rollout;
 
 pub use error::SourceError;

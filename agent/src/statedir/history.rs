@@ -186,22 +186,31 @@ pub fn append(path: &Path, event: &Event, group: Option<rustix::fs::Gid>) -> any
     fsutil::append_line(path, &line, group)
 }
 
-/// Whether `event` (the same command: time, op and pid) is among the events of the last 256 KiB of history.
-pub fn recently_recorded(path: &Path, event: &Event) -> anyhow::Result<bool> {
+/// The events of the last 256 KiB of history, oldest first.
+fn tail(path: &Path) -> anyhow::Result<Vec<Event>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     let len = f.metadata().with_context(|| format!("inspecting {}", path.display()))?.len();
     f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).with_context(|| format!("reading {}", path.display()))?;
     let mut tail = Vec::new();
     f.read_to_end(&mut tail).with_context(|| format!("reading {}", path.display()))?;
-    Ok(tail
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Event>(l).ok())
+    Ok(tail.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice::<Event>(l).ok()).collect())
+}
+
+/// Whether `event` (the same command: time, op and pid) is among the events of the last 256 KiB of history.
+pub fn recently_recorded(path: &Path, event: &Event) -> anyhow::Result<bool> {
+    Ok(tail(path)?
+        .iter()
         .any(|e| e.time == event.time && e.op == event.op && e.who.pid == event.who.pid && e.app == event.app))
+}
+
+/// The newest event of the last 256 KiB of history that `which` picks.
+pub fn last(path: &Path, which: impl Fn(&Event) -> bool) -> anyhow::Result<Option<Event>> {
+    Ok(tail(path)?.into_iter().rev().find(|e| which(e)))
 }
 
 /// Reads every event; a torn last line (power loss mid-append) is skipped, not fatal.
