@@ -37,11 +37,20 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// A group that may read `status` and `history` (the state files); everything else in STATE_DIR is root's.
     pub read_group: Option<String>,
+    /// Where the daemon serves Prometheus metrics at `/metrics` (an IP address and port); none when absent.
+    pub metrics: Option<String>,
+}
+
+impl AgentConfig {
+    /// The metrics address, once validated.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_deref().and_then(|a| a.parse().ok())
+    }
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None }
+        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None, metrics: None }
     }
 }
 
