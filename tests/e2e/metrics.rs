@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::bucket::{wait_for, Daemon};
 use crate::daemon::{file_host, file_publish, wait_served, HEALTH, LIVE};
@@ -50,6 +50,9 @@ fn scrape(port: u16) -> Scrape {
     Scrape::parse(&body)
 }
 
+/// One metric's labels (sorted), as parsed.
+type Labels = Vec<(String, String)>;
+
 /// A scrape parsed by the Prometheus text format's rules (0.0.4), strictly: every line is a comment, HELP, TYPE
 /// or a sample; a family's TYPE comes once and before its samples; a sample belongs to the family typed last
 /// (histograms: `_bucket` with `le`, `_sum`, `_count`, the buckets cumulative and `+Inf` equal to the count);
@@ -57,7 +60,7 @@ fn scrape(port: u16) -> Scrape {
 #[derive(Debug)]
 struct Scrape {
     types: BTreeMap<String, String>,
-    samples: BTreeMap<(String, Vec<(String, String)>), f64>,
+    samples: BTreeMap<(String, Labels), f64>,
     text: String,
 }
 
@@ -117,7 +120,8 @@ impl Scrape {
         let mut types: BTreeMap<String, String> = BTreeMap::new();
         let mut samples = BTreeMap::new();
         let mut family: Option<(String, String)> = None;
-        let mut buckets: Vec<(Vec<(String, String)>, f64, f64)> = Vec::new();
+        // (labels without `le`, le, cumulative count) of each bucket so far.
+        let mut buckets: Vec<(Labels, f64, f64)> = Vec::new();
         assert!(text.ends_with('\n'), "the text must end with a newline");
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# ") {
@@ -338,7 +342,7 @@ fn a_scrape_while_a_deploy_holds_the_lock_answers_at_once() {
                 scope.spawn(|| {
                     (0..10)
                         .map(|_| {
-                            let start = Instant::now();
+                            let start = std::time::Instant::now();
                             let s = scrape(port);
                             let t = start.elapsed();
                             assert!(s

@@ -529,8 +529,7 @@ mod tests {
             &[("version", "1.0.0".into())],
             Value::Info,
         );
-        let mut live = Live::default();
-        live.poll = Some((1.7e9, "unchanged"));
+        let mut live = Live { poll: Some((1.7e9, "unchanged")), ..Live::default() };
         live.checks.insert(("http \"x\"".into(), true), 4);
         m.live("web", &live);
         m

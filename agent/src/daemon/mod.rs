@@ -14,7 +14,7 @@
 //!   check (before the switch: nothing changes; after it: back to the last good release).
 //!
 //! Modules, each using only those after it: `app_loop` (one app's loop), `inbox` (drops), `worker` (converge,
-//! idle checks, the repeating-trouble summary).
+//! idle checks, the repeating-trouble summary), `metrics` (the `/metrics` endpoint of `[agent] metrics`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
