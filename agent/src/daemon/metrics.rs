@@ -368,7 +368,12 @@ impl Families {
     }
 
     fn history(&mut self, app: &str, h: &FromHistory, now: SystemTime) {
-        for (outcome, n) in &h.deploys {
+        // The usual outcomes from zero, so that rates and alerts have a series before the first of each.
+        let zeros = || ["ok", "rolled-back", "rollback-failed", "failed"].map(|o| (o, 0u64));
+        let deploys = zeros().into_iter().chain(h.deploys.iter().map(|(o, n)| (*o, *n))).collect::<BTreeMap<_, _>>();
+        let rollbacks =
+            zeros().into_iter().chain(h.rollbacks.iter().map(|(o, n)| (*o, *n))).collect::<BTreeMap<_, _>>();
+        for (outcome, n) in &deploys {
             let help = "Deploys recorded in history, by outcome (a deploy's own rollback is outcome rolled-back)";
             self.series(
                 "deploys",
@@ -379,7 +384,7 @@ impl Families {
                 Value::Counter(*n),
             );
         }
-        for (outcome, n) in &h.rollbacks {
+        for (outcome, n) in &rollbacks {
             let help = "Rollbacks a command ran, recorded in history, by outcome";
             self.series(
                 "rollbacks",
@@ -553,6 +558,8 @@ mod tests {
         for line in [
             "# TYPE switchback_deploys_total counter",
             "switchback_deploys_total{app=\"web\",outcome=\"rolled-back\"} 1",
+            "switchback_deploys_total{app=\"web\",outcome=\"rollback-failed\"} 0",
+            "switchback_rollbacks_total{app=\"web\",outcome=\"ok\"} 0",
             "switchback_release_info{app=\"web\",version=\"1.0.0\"} 1",
             "switchback_deploy_duration_seconds_bucket{app=\"web\",le=\"2.5\"} 3",
             "switchback_deploy_duration_seconds_bucket{app=\"web\",le=\"+Inf\"} 3",
