@@ -16,6 +16,7 @@ mod fuzz;
 mod health;
 mod hostile;
 mod memory;
+mod metrics;
 mod nspawn;
 mod operations;
 mod reuse;

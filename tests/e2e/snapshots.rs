@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use crate::harness::*;
 
 const COMMANDS: &[&str] = &[
-    "daemon", "deploy", "rollback", "status", "releases", "history", "pin", "unpin", "clear", "prune", "check",
-    "keygen", "publish", "config", "demo",
+    "daemon", "deploy", "rollback", "status", "releases", "history", "report", "pin", "unpin", "clear", "prune",
+    "check", "keygen", "publish", "config", "demo",
 ];
 
 fn snapshot(name: &str, actual: &str) {
@@ -93,6 +93,7 @@ fn json_documents_keep_their_shape() {
     doc("--json clear --bad v2", &["--json", "clear", "web", "--bad", "v2", "--reason", "snapshot"], 0);
     doc("--json prune", &["--json", "prune", "web", "--keep", "1"], 0);
     doc("--json history", &["--json", "history", "web"], 0);
+    doc("--json report", &["--json", "report", "web"], 0);
     doc("--json deploy (an error)", &["--json", "deploy", "web", "--version", "nope"], 2);
     doc("--json deploy (a usage error)", &["--json", "deploy", "web"], 2);
     snapshot("json-shapes.txt", &all);

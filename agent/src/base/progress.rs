@@ -231,6 +231,20 @@ pub fn set_activity(activity: Activity) {
     with_current(|w| w.set_activity(activity));
 }
 
+/// Where the daemon counts the checks its workers run (its metrics): set once, by the daemon alone.
+static CHECK_SINK: OnceLock<fn(app: &str, check: &str, ok: bool)> = OnceLock::new();
+
+pub fn set_check_sink(sink: fn(&str, &str, bool)) {
+    let _ = CHECK_SINK.set(sink);
+}
+
+/// A check ran with this result: counted for the worker this thread works for, if the daemon counts them.
+pub fn checked(check: &str, ok: bool) {
+    if let Some(sink) = CHECK_SINK.get() {
+        with_current(|w| sink(&w.app, check, ok));
+    }
+}
+
 /// Whether the work on this thread should stop. Always `None` outside the daemon.
 pub fn interrupted() -> Option<Interrupt> {
     match with_current(Worker::interrupted).flatten() {

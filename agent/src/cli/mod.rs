@@ -85,6 +85,13 @@ pub enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Delivery figures from history: deployment frequency, change failure rate, time to restore
+    Report {
+        app: String,
+        /// The window, ending now
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        since: Duration,
+    },
     /// Hold an app on a version (switching to it first, restarted and checked, if it runs another)
     Pin {
         app: String,
@@ -265,7 +272,10 @@ pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
 /// Does what the command asks and returns what it found or did, rendering nothing.
 pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report> {
     let print = !cli.quiet
-        && !matches!(cli.command, Command::Status { .. } | Command::Releases { .. } | Command::History { .. });
+        && !matches!(
+            cli.command,
+            Command::Status { .. } | Command::Releases { .. } | Command::History { .. } | Command::Report { .. }
+        );
     let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(cli)?, name) };
     Ok(match &cli.command {
         Command::Daemon => anyhow::bail!("the daemon is run by `run`, not as a command with a report"),
@@ -374,6 +384,11 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                 events.drain(..events.len().saturating_sub(*n));
             }
             Report::History { app: app.name, events }
+        }
+        Command::Report { app: name, since } => {
+            let app = app(name)?;
+            let events = history::read(&app.history_path())?;
+            Report::Delivery { app: app.name, figures: crate::engine::delivery::of_history(&events, *since) }
         }
         Command::Pin { app: name, version: v, reason, force } => {
             let v = version(v)?;

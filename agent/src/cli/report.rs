@@ -4,11 +4,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
 use crate::engine::clear::Cleared;
+use crate::engine::delivery::Figures;
 use crate::engine::deploy::DeployOutcome;
 use crate::engine::pin::Pinned;
 use crate::engine::retention::PruneOutcome;
@@ -35,6 +37,11 @@ pub enum Report {
     History {
         app: String,
         events: Vec<Event>,
+    },
+    /// `report`: the delivery figures of one app.
+    Delivery {
+        app: String,
+        figures: Figures,
     },
     Pinned(Pinned),
     Cleared(Cleared),
@@ -87,6 +94,11 @@ impl Report {
             Report::Status(all) => serde_json::json!({ "apps": all }),
             Report::Releases(s) => serde_json::json!({ "app": s.app, "releases": s.releases }),
             Report::History { app, events } => serde_json::json!({ "app": app, "events": events }),
+            Report::Delivery { app, figures } => {
+                let mut doc = value(figures)?;
+                doc["app"] = app.clone().into();
+                doc
+            }
             Report::Pinned(o) => value(o)?,
             Report::Cleared(o) => value(o)?,
             Report::Unpinned { app, was } => serde_json::json!({ "app": app, "unpinned": was }),
@@ -166,6 +178,7 @@ impl Report {
                 }
                 Ok(())
             }
+            Report::Delivery { app, figures } => delivery_human(w, app, figures),
             Report::Pinned(o) => match &o.switched_from {
                 Some(from) => writeln!(
                     w,
@@ -220,6 +233,33 @@ impl Report {
             Report::Done => Ok(()),
         }
     }
+}
+
+/// The delivery figures on a few lines.
+fn delivery_human(w: &mut impl Write, app: &str, f: &Figures) -> std::io::Result<()> {
+    let secs = |s: Option<f64>| {
+        s.map_or("-".to_owned(), |s| humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string())
+    };
+    let window = humantime::format_duration(Duration::from_secs(f.window_seconds));
+    writeln!(w, "{app}: delivery over {window}, {} to {}", f.from, f.until)?;
+    writeln!(
+        w,
+        "  deploys               {} ({} ok, {} failed; {} more changed nothing or did not finish)",
+        f.deploys, f.successful, f.failed, f.not_deployed
+    )?;
+    writeln!(w, "  deployment frequency  {:.2} per day", f.deployment_frequency_per_day)?;
+    match f.change_failure_rate {
+        Some(r) => writeln!(w, "  change failure rate   {:.1}% ({} of {})", r * 100.0, f.failed, f.deploys)?,
+        None => writeln!(w, "  change failure rate   - (no deploys)")?,
+    }
+    writeln!(
+        w,
+        "  time to restore       median {}, mean {} ({} restored, {} not yet)",
+        secs(f.time_to_restore_median_seconds),
+        secs(f.time_to_restore_mean_seconds),
+        f.restored,
+        f.unrestored
+    )
 }
 
 /// Writes `doc` as one pretty JSON document with the schema number added.

@@ -85,6 +85,14 @@ impl Config {
         if let Some(g) = &self.agent.read_group {
             crate::base::trust::group(g).map_err(|e| invalid("agent.read_group", e))?;
         }
+        if let Some(m) = &self.agent.metrics {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "agent.metrics",
+                    format!("expected an IP address and port such as \"127.0.0.1:9853\", got \"{m}\""),
+                ));
+            }
+        }
         let mut roots: BTreeMap<&Path, &str> = BTreeMap::new();
         for (name, app) in &self.apps {
             let key = |k: &str| format!("apps.{name}.{k}");
@@ -417,6 +425,7 @@ before_activate = ["bin/migrate"]
             ("[apps.web]\nroot = \"/srv/web\"\n[apps.web.service]\nreload = true\n", "apps.web.service"),
             ("[apps.a]\nroot = \"/srv/x\"\n[apps.b]\nroot = \"/srv/x\"\n", "apps.b.root"),
             ("[apps.\"a/b\"]\nroot = \"/srv/x\"\n", "apps.a/b"),
+            ("[agent]\nmetrics = \"localhost\"\n", "agent.metrics"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{key} missing from: {err}");

@@ -40,18 +40,16 @@ pub struct AgentConfig {
     /// This host's id in a fleet (it names the host's report and seeds its place in staged rollouts); without it,
     /// `/etc/machine-id`.
     pub host_id: Option<String>,
+    /// Where the daemon serves Prometheus metrics at `/metrics` (an IP address and port); none when absent.
+    pub metrics: Option<String>,
 }
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig { state_dir: default_state_dir(), poll_interval: default_poll(), read_group: None, host_id: None }
-    }
-}
-
-/// Where the host id comes from when `[agent] host_id` is not set.
-pub const MACHINE_ID: &str = "/etc/machine-id";
 
 impl AgentConfig {
+    /// The metrics address, once validated.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_deref().and_then(|a| a.parse().ok())
+    }
+
     /// This host's id: `host_id`, else the machine id; `None` when neither is there.
     pub fn host_id(&self) -> Option<String> {
         self.host_id.clone().or_else(|| {
@@ -59,6 +57,21 @@ impl AgentConfig {
             let id = id.trim();
             valid_host_id(id).then(|| id.to_owned())
         })
+    }
+}
+
+/// Where the host id comes from when `[agent] host_id` is not set.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: default_state_dir(),
+            poll_interval: default_poll(),
+            read_group: None,
+            host_id: None,
+            metrics: None,
+        }
     }
 }
 

@@ -78,6 +78,7 @@ pub(super) async fn worker_loop(
                 };
                 mem.trouble.report(&app.name, trouble);
                 worker.set_poll(format!("{now} {text}"));
+                super::metrics::polled(&app.name, &polled);
             }
             if *stop.borrow() {
                 return;

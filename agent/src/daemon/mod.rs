@@ -14,8 +14,8 @@
 //!   check (before the switch: nothing changes; after it: back to the last good release).
 //!
 //! Modules, each using only those after it: `app_loop` (one app's loop), `inbox` (drops), `worker` (converge,
-//! idle checks, the repeating-trouble summary), `fleet` (the rollout's gate, and this host's report); all of them
-//! run blocking work through [`blocking`].
+//! idle checks, the repeating-trouble summary), `fleet` (the rollout's gate, and this host's report), `metrics`
+//! (the `/metrics` endpoint of `[agent] metrics`); all of them run blocking work through [`blocking`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use crate::statedir::info::{DaemonInfo, INFO_FILE};
 mod app_loop;
 mod fleet;
 mod inbox;
+mod metrics;
 mod worker;
 
 use app_loop::worker_loop;
@@ -65,7 +66,11 @@ pub fn run(config_path: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<u
     let config = Config::load(config_path)?;
     let group = config.agent.read_group.as_deref().map(crate::base::trust::group).transpose().map_err(Error::Usage)?;
     let _one = crate::statedir::lock::daemon_lock(&config.agent.state_dir, group)?;
-    rt.block_on(serve(config_path.to_owned(), config))
+    let metrics = metrics::bind(&config)?;
+    rt.block_on(async {
+        metrics.map(metrics::start).transpose()?;
+        serve(config_path.to_owned(), config).await
+    })
 }
 
 /// Tells the service manager (`NOTIFY_SOCKET`) about `states`, without ever waiting: this runs on the async
@@ -110,6 +115,7 @@ async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
         let app = App::from_config(&config, name)?;
         handles.insert(name.clone(), spawn(app, config.agent.poll_interval, stop_rx.clone(), ready_tx.clone()));
     }
+    metrics::set_apps(&config);
     // READY=1 once every app has been reconciled (each worker's first step). Reconciling may restart and verify
     // a release, which can outlast systemd's start timeout: extend it while the work shows signs of life.
     let mut pending = handles.len();
@@ -240,6 +246,7 @@ fn reload(
                     }
                 }
             }
+            metrics::set_apps(&config);
             tracing::info!("configuration reloaded: {} app(s)", config.apps.len());
         }
     }

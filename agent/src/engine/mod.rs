@@ -8,6 +8,7 @@
 
 pub mod activate;
 pub mod clear;
+pub mod delivery;
 pub mod deploy;
 pub mod pin;
 pub mod plan;

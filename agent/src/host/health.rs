@@ -72,7 +72,9 @@ pub fn run_check(app: &App, c: &CheckConfig, version: &str, release_dir: &Path) 
         Ok(d) => (true, d),
         Err(d) => (false, d),
     };
-    CheckResult { check: describe(c), ok, detail, ms: start.elapsed().as_millis() as u64 }
+    let check = describe(c);
+    progress::checked(&check, ok);
+    CheckResult { check, ok, detail, ms: start.elapsed().as_millis() as u64 }
 }
 
 fn http(url: &str, expect: u16, body_contains: Option<&str>, timeout: Duration) -> Result<String, String> {

@@ -223,6 +223,81 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Event>> {
     Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
+/// Reads a history file as it grows: each [`Tail::read_new`] parses only the lines appended since the last one.
+/// It takes no lock (history is append-only); a last line still being written is left until it is complete. A
+/// file that shrank or was replaced is read again from its start, and the caller told so.
+#[derive(Debug, Default)]
+pub struct Tail {
+    offset: u64,
+    /// The file's (device, inode) when it was last read.
+    id: Option<(u64, u64)>,
+}
+
+/// What a [`Tail`] read: the new events, and whether they start over (the file was replaced or cut).
+#[derive(Debug, Default)]
+pub struct Appended {
+    pub events: Vec<Event>,
+    pub restarted: bool,
+}
+
+impl Tail {
+    /// Lines longer than this are skipped, not buffered (history lines are a few KiB).
+    const MAX_LINE: usize = 4 << 20;
+
+    pub fn read_new(&mut self, path: &Path) -> anyhow::Result<Appended> {
+        use std::io::{BufRead, Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let restarted = self.offset > 0;
+                *self = Tail::default();
+                return Ok(Appended { events: Vec::new(), restarted });
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let meta = f.metadata().with_context(|| format!("inspecting {}", path.display()))?;
+        let id = Some((meta.dev(), meta.ino()));
+        let mut out = Appended::default();
+        if self.id.is_some() && (self.id != id || meta.len() < self.offset) {
+            out.restarted = true;
+            self.offset = 0;
+        }
+        self.id = id;
+        if meta.len() == self.offset {
+            return Ok(out);
+        }
+        let mut r = std::io::BufReader::new(f);
+        r.seek(SeekFrom::Start(self.offset)).with_context(|| format!("reading {}", path.display()))?;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut r)
+                .take(Self::MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if line.last() != Some(&b'\n') {
+                if n <= Self::MAX_LINE {
+                    // The end, or a line still being appended: read again next time.
+                    return Ok(out);
+                }
+                // Longer than any line of ours: skipped to its end, once it has one.
+                line.clear();
+                let m = r.read_until(b'\n', &mut line).with_context(|| format!("reading {}", path.display()))?;
+                if line.last() != Some(&b'\n') {
+                    return Ok(out);
+                }
+                self.offset += (n + m) as u64;
+                continue;
+            }
+            self.offset += n as u64;
+            if let Ok(e) = serde_json::from_slice::<Event>(&line) {
+                out.events.push(e);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +315,40 @@ mod tests {
         assert_eq!(format!("{:<8}|", Action::Pin), "pin     |");
         // A word from a newer version is read, not dropped with its event.
         assert_eq!(serde_json::from_value::<Outcome>("paused".into()).unwrap(), Outcome::Unknown);
+    }
+
+    #[test]
+    fn a_tail_reads_only_new_complete_lines_and_starts_over_on_a_new_file() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let mut tail = Tail::default();
+        assert!(tail.read_new(&path).unwrap().events.is_empty());
+        let line = |op| {
+            let mut l = serde_json::to_vec(&Event::new("web", op)).unwrap();
+            l.push(b'\n');
+            l
+        };
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        f.write_all(&line(Action::Deploy)).unwrap();
+        let half = line(Action::Rollback);
+        f.write_all(&half[..half.len() / 2]).unwrap();
+        let got = tail.read_new(&path).unwrap();
+        assert_eq!(got.events.iter().map(|e| e.op).collect::<Vec<_>>(), [Action::Deploy]);
+        assert!(!got.restarted);
+        // The torn line is read once it is complete, and nothing twice.
+        f.write_all(&half[half.len() / 2..]).unwrap();
+        f.write_all(b"not json\n").unwrap();
+        f.write_all(&line(Action::Pin)).unwrap();
+        let got = tail.read_new(&path).unwrap();
+        assert_eq!(got.events.iter().map(|e| e.op).collect::<Vec<_>>(), [Action::Rollback, Action::Pin]);
+        assert!(tail.read_new(&path).unwrap().events.is_empty());
+        // Replaced: read from its start again.
+        let other = dir.path().join("new");
+        std::fs::write(&other, line(Action::Clear)).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let got = tail.read_new(&path).unwrap();
+        assert!(got.restarted);
+        assert_eq!(got.events.iter().map(|e| e.op).collect::<Vec<_>>(), [Action::Clear]);
     }
 }
