@@ -57,7 +57,7 @@ pub enum Command {
         file: Option<PathBuf>,
         #[arg(long)]
         version: String,
-        /// Deploy even a version marked bad, or while the app is pinned
+        /// Deploy even a version marked bad, while the app is pinned, or of a lower epoch than the current release
         #[arg(long)]
         force: bool,
         #[arg(long)]
@@ -70,7 +70,7 @@ pub enum Command {
         to: Option<String>,
         #[arg(long)]
         reason: Option<String>,
-        /// Roll back to a version marked bad, or away from a pin
+        /// Roll back to a version marked bad, away from a pin, or to a lower epoch (across a schema migration)
         #[arg(long)]
         force: bool,
     },
@@ -91,7 +91,7 @@ pub enum Command {
         version: String,
         #[arg(long)]
         reason: Option<String>,
-        /// Pin even a version marked bad
+        /// Pin even a version marked bad, or of a lower epoch than the current release
         #[arg(long)]
         force: bool,
     },
@@ -179,6 +179,10 @@ pub struct PublishArgs {
     /// only the changed files)
     #[arg(long)]
     no_delta: bool,
+    /// The release's epoch, written into the manifest (raise it with a schema migration: agents never roll back
+    /// to a lower epoch on their own); the archive's .switchback/release.toml must not say another
+    #[arg(long, value_name = "N")]
+    epoch: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +244,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                 file: a.file.clone(),
                 promote_only: a.promote_only,
                 delta: !a.no_delta,
+                epoch: a.epoch,
                 expires_in: a.expires_in,
                 options: crate::source::bucket::Options {
                     endpoint: a.endpoint.clone(),
@@ -264,6 +269,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                         reason: reason.clone(),
                         fetched: None,
                         delta: None,
+                        epoch: None,
                     },
                     cli.wait,
                     print,

@@ -39,6 +39,8 @@ pub struct PublishRequest {
     pub options: Options,
     /// Also publish a delta against the version the channel named before (see [`delta`]).
     pub delta: bool,
+    /// The release's epoch, for the manifest (`--epoch`).
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,6 +188,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         published_by: std::env::var("USER").ok(),
         rollout: None,
         delta: delta.as_ref().map(|(d, _)| d.clone()),
+        epoch: req.epoch,
     };
     let mut bytes = serde_json::to_vec_pretty(&m)?;
     bytes.push(b'\n');

@@ -38,6 +38,10 @@ pub struct Manifest {
     /// (see `publish`). An agent that has that version on disk may download it instead of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<Delta>,
+    /// The release's epoch (`publish --epoch N`); when its archive's `.switchback/release.toml` declares one too,
+    /// the two must agree. No epoch declared anywhere is epoch 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A delta artifact, as a manifest names it.
@@ -66,6 +70,8 @@ pub struct Accepted {
     pub from: crate::source::origin::Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<Delta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Why a manifest was not accepted.
@@ -231,6 +237,7 @@ impl Manifest {
             accepted_at: crate::base::fsutil::now_rfc3339(),
             from,
             delta: self.delta.clone(),
+            epoch: self.epoch,
         })
     }
 }
@@ -329,6 +336,7 @@ mod tests {
             published_by: None,
             rollout: None,
             delta: None,
+            epoch: None,
         })
         .unwrap()
     }
