@@ -141,7 +141,7 @@ pub enum Converge {
     /// Not deploying it, and why; `retry` when the hold may lift without a new manifest (a pin), else settled.
     Hold { version: Version, why: String, retry: bool },
     /// Deploy it: from the release on disk when `on_disk`, else after fetching its artifact.
-    Deploy { want: Accepted, on_disk: bool },
+    Deploy { want: Box<Accepted>, on_disk: bool },
 }
 
 /// The decision for `state` at `now`, given the releases on disk and the artifacts refused (by version and
@@ -180,7 +180,7 @@ pub fn converge(
         return hold(format!("the artifact of {v} was refused"), false);
     }
     let on_disk = on_disk.contains(&v) && state.releases.get(&v).is_some_and(|r| r.sha256 == want.sha256);
-    Converge::Deploy { want, on_disk }
+    Converge::Deploy { want: Box::new(want), on_disk }
 }
 
 /// The delta worth fetching for `want`: the one its manifest names, when its base is on disk as a release this
