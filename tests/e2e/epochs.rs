@@ -374,3 +374,32 @@ fn a_malformed_release_toml_is_refused_and_changes_nothing() {
     let s = status(&h);
     assert!(s["in_flight"].is_null() && s["degraded"].is_null(), "{s:#}");
 }
+
+/// An operator's switch forward to a higher epoch that fails is not undone across the epoch either.
+#[test]
+fn a_failed_switch_to_a_higher_epoch_stays_there() {
+    // An exec check that fails for the version that has a file in `flags` (exec checks see SWITCHBACK_VERSION).
+    let flags = tempfile::tempdir().unwrap();
+    let check = format!(
+        "\n[[apps.web.checks]]\nexec = [\"sh\", \"-c\", \"test ! -e {}/$SWITCHBACK_VERSION\"]\ntimeout = \"2s\"",
+        flags.path().display()
+    );
+    let (h, svc) = Service::host(FAST, &check);
+    deploy(&h, "v1", release("v1", 200, None)).expect(0);
+    deploy(&h, "v2", release("v2", 200, Some(1))).expect(0);
+    h.run(&["rollback", "web", "--force"]).expect(0);
+    assert_eq!(h.current().as_deref(), Some("v1"));
+    // v2 is broken now; pinning it (marked bad by the rollback, hence --force) switches to it, and it fails.
+    std::fs::write(flags.path().join("v2"), "").unwrap();
+    let out = h.run(&["--json", "pin", "web", "v2", "--force"]);
+    out.expect(4);
+    let err = out.json()["error"].as_str().unwrap().to_owned();
+    assert!(err.contains("`v1` is of epoch 0 and `v2` of epoch 1") && err.contains("DEGRADED"), "{err}");
+    assert_eq!(h.current().as_deref(), Some("v2"));
+    wait_served(&svc, "v2");
+    let s = status(&h);
+    assert!(s["degraded"].as_str().is_some_and(|d| d.contains("never crosses an epoch")), "{s:#}");
+    assert!(s["pin"].is_null() && s["in_flight"].is_null(), "{s:#}");
+    let ev = h.history().pop().unwrap();
+    assert_eq!((ev["op"].as_str(), ev["outcome"].as_str()), (Some("pin"), Some("degraded")), "{ev}");
+}
