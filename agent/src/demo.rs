@@ -241,6 +241,7 @@ bake = "1s"
             reason: Some("demo".into()),
             fetched: None,
             delta: None,
+            epoch: None,
         };
         match crate::engine::deploy::deploy(&app, &req, wait, true) {
             Ok(out) => writeln!(so, "{} => {v} is live and healthy ({})", stamp(), out.health)?,

@@ -52,6 +52,29 @@ pub enum Error {
     #[error("app `{app}` is pinned to `{pinned}`; run `switchback unpin {app}` first (or pass --force)")]
     Pinned { app: String, pinned: String },
 
+    /// A switch back to a release of a lower epoch (across a marked schema migration), not forced.
+    #[error(
+        "`{app}` is on `{current}` (epoch {current_epoch}) and `{target}` is of the lower epoch {target_epoch}: \
+         going back across an epoch (a marked schema migration) is refused, as `{target}` may not read what \
+         `{current}` migrated; pass --force to switch anyway"
+    )]
+    LowerEpoch { app: String, current: String, current_epoch: u64, target: String, target_epoch: u64 },
+
+    /// The manifest and the release (its archive's `.switchback/release.toml`, or its record) say different epochs.
+    #[error(
+        "version `{version}` of `{app}` is of epoch {declared} ({declared_by}), but its signed manifest says epoch \
+         {manifest}; refused, nothing was activated"
+    )]
+    EpochMismatch { app: String, version: String, manifest: u64, declared: u64, declared_by: String },
+
+    /// The archive's `.switchback/release.toml` is not valid: the release is refused.
+    #[error("refused archive {archive}")]
+    InvalidDeclaration {
+        archive: PathBuf,
+        #[source]
+        source: crate::store::declared::InvalidDeclaration,
+    },
+
     #[error("version `{version}` of `{app}` is not on disk (on disk: {available})")]
     NotOnDisk { app: String, version: String, available: String },
 
@@ -84,6 +107,14 @@ pub enum Error {
     #[error("ROLLBACK FAILED for `{app}`: {reason}; the app needs a person")]
     RollbackFailed { app: String, reason: String },
 
+    /// A release failed and the way back would cross an epoch: the app stays on it, degraded.
+    #[error(
+        "`{failed}` of `{app}` is not healthy ({reason}), and it is not rolled back to `{target}`: `{target}` is of \
+         epoch {target_epoch} and `{failed}` of epoch {failed_epoch}, and an automatic rollback never crosses an \
+         epoch; `{failed}` stays active and the app is DEGRADED: it needs a person"
+    )]
+    EpochHeld { app: String, failed: String, failed_epoch: u64, target: String, target_epoch: u64, reason: String },
+
     #[error("health checks of `{app}` failed: {reason}")]
     CheckFailed { app: String, reason: String },
 
@@ -115,11 +146,14 @@ impl Error {
             Error::Config(_) | Error::UnknownApp(_) | Error::InvalidVersion(_) | Error::Usage(_) => exit::USAGE,
             Error::Busy { .. } | Error::DaemonRunning { .. } => exit::BUSY,
             Error::RolledBack { .. } | Error::SwitchFailed { .. } => exit::ROLLED_BACK,
-            Error::RollbackFailed { .. } => exit::ROLLBACK_FAILED,
+            Error::RollbackFailed { .. } | Error::EpochHeld { .. } => exit::ROLLBACK_FAILED,
             Error::ArchiveRefused { .. }
             | Error::VersionConflict { .. }
             | Error::MarkedBad { .. }
             | Error::Pinned { .. }
+            | Error::LowerEpoch { .. }
+            | Error::EpochMismatch { .. }
+            | Error::InvalidDeclaration { .. }
             | Error::NotOnDisk { .. }
             | Error::NotVerified { .. }
             | Error::NotPublished { .. }

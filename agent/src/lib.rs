@@ -10,7 +10,7 @@
 //! | module | what it is | uses |
 //! |---|---|---|
 //! | `base/` | versions, redaction, error chains, durable writes, trust checks, owners, crash points, progress and the daemon's activity, timeline, verdicts, exit codes | nothing of ours |
-//! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release, reuse of unchanged files | base |
+//! | `store/` | the release store: unpack, staging, `current`, prune, the index of each release, reuse of unchanged files, what a release declares (`.switchback/release.toml`) | base |
 //! | `config/` | the configuration file, parsed and validated once, and its typed errors | base, store |
 //! | `source/` | buckets, signed manifests and where they came from, the artifact's one descriptor, a fleet's waves and host reports, and their typed errors | base, config |
 //! | `error` | the typed errors (wrapping those of the rows above) and the one mapping of errors to exit codes | base, store, config, source |

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod delta;
+mod epochs;
 mod faults;
 mod fidelity;
 mod fleet;

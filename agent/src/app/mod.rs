@@ -245,9 +245,13 @@ impl App {
             let interrupted = e.chain().any(|c| {
                 matches!(c.downcast_ref::<crate::error::Error>(), Some(crate::error::Error::Interrupted { .. }))
             });
+            let held = e.chain().any(|c| {
+                matches!(c.downcast_ref::<crate::error::Error>(), Some(crate::error::Error::EpochHeld { .. }))
+            });
             ev.outcome = match crate::error::code_for(e) {
                 // Stopped by the daemon's shutdown at a safe point: the journal finishes it at the next start.
                 _ if interrupted => history::Outcome::Interrupted,
+                _ if held => history::Outcome::Degraded,
                 crate::base::exit::ROLLED_BACK => history::Outcome::RolledBack,
                 crate::base::exit::ROLLBACK_FAILED => history::Outcome::RollbackFailed,
                 crate::base::exit::BUSY => history::Outcome::Busy,

@@ -9,7 +9,8 @@ pub const FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// The deploy (or an operator's rollback or pin) failed and the app is back on its last good release.
 pub const ROLLED_BACK: u8 = 3;
-/// A rollback failed: the app needs a person.
+/// A rollback failed, or was not made because it would have crossed an epoch (the app stays on the release that
+/// failed, degraded): the app needs a person.
 pub const ROLLBACK_FAILED: u8 = 4;
 /// Another command or the daemon holds the app's lock.
 pub const BUSY: u8 = 5;
@@ -20,7 +21,7 @@ pub const TABLE: &[(u8, &str)] = &[
     (FAILED, "failed; nothing changed"),
     (USAGE, "usage or configuration error"),
     (ROLLED_BACK, "deploy or rollback failed; back on the last good release"),
-    (ROLLBACK_FAILED, "rollback failed; the app needs a person"),
+    (ROLLBACK_FAILED, "rollback failed, or held by an epoch; the app needs a person"),
     (BUSY, "lock held by another command or the daemon"),
 ];
 

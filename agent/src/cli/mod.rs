@@ -57,7 +57,7 @@ pub enum Command {
         file: Option<PathBuf>,
         #[arg(long)]
         version: String,
-        /// Deploy even a version marked bad, or while the app is pinned
+        /// Deploy even a version marked bad, while the app is pinned, or of a lower epoch than the current release
         #[arg(long)]
         force: bool,
         #[arg(long)]
@@ -70,7 +70,7 @@ pub enum Command {
         to: Option<String>,
         #[arg(long)]
         reason: Option<String>,
-        /// Roll back to a version marked bad, or away from a pin
+        /// Roll back to a version marked bad, away from a pin, or to a lower epoch (across a schema migration)
         #[arg(long)]
         force: bool,
     },
@@ -98,7 +98,7 @@ pub enum Command {
         version: String,
         #[arg(long)]
         reason: Option<String>,
-        /// Pin even a version marked bad
+        /// Pin even a version marked bad, or of a lower epoch than the current release
         #[arg(long)]
         force: bool,
     },
@@ -198,6 +198,10 @@ pub struct PublishArgs {
     /// Hosts that are due stop deploying this version once N hosts (or P% of the reporting hosts) report failing it
     #[arg(long, value_name = "N|P%")]
     halt_after: Option<crate::source::rollout::Threshold>,
+    /// The release's epoch, written into the manifest (raise it with a schema migration: agents never roll back
+    /// to a lower epoch on their own); the archive's .switchback/release.toml must not say another
+    #[arg(long, value_name = "N")]
+    epoch: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -295,6 +299,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                 delta: !a.no_delta,
                 waves: a.waves.clone(),
                 halt_after: a.halt_after,
+                epoch: a.epoch,
                 expires_in: a.expires_in,
                 options: crate::source::bucket::Options {
                     endpoint: a.endpoint.clone(),
@@ -337,6 +342,7 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
                         reason: reason.clone(),
                         fetched: None,
                         delta: None,
+                        epoch: None,
                     },
                     cli.wait,
                     print,

@@ -245,6 +245,7 @@ pub(super) async fn converge(app: &App, src: Option<&Source>, worker: &Arc<Worke
             )),
             fetched: fetched.clone().map(|f: deploy::Fetched| f.after(&unused)),
             delta: delta.as_ref().map(|d| deploy::DeltaOf { base: d.from.clone(), release: full }),
+            epoch: want.epoch,
         };
         let a = app.clone();
         let result = blocking(worker, move || deploy::deploy(&a, &req, Duration::from_secs(1), false)).await;

@@ -125,6 +125,8 @@ fn fall_back_now(
     tl: &mut Timeline,
     ev: &mut Event,
 ) -> anyhow::Result<Error> {
+    // The failed release stays unmarked if the way back would cross an epoch (it stays active then).
+    let (was_bad, was_last_good) = (state.bad.get(failed).cloned(), state.last_good.clone());
     state.mark_bad(failed, reason);
     let on_disk = app.store.on_disk()?;
     let mut refused = Vec::new();
@@ -140,6 +142,14 @@ fn fall_back_now(
             state.save(None)?;
             return Ok(Error::RollbackFailed { app: app.name.clone(), reason: why });
         };
+        if let Err(held) = crate::engine::plan::way_back(state, failed, &target) {
+            match was_bad {
+                Some(mark) => state.bad.insert(failed.clone(), mark),
+                None => state.bad.remove(failed),
+            };
+            state.last_good = was_last_good;
+            return stay_on(app, state, failed, &target, held, reason);
+        }
         tl.note(&format!("{failed} is not healthy ({reason}); rolling back to {target}"));
         match go_live(app, state, &target, Some(failed), Op::Rollback, tl, ev) {
             Ok(verdict) => break (target, verdict),
@@ -187,6 +197,10 @@ pub fn switch_to(
             Ok(health)
         }
         Verdict::Unhealthy(reason) => crate::base::progress::uncancellable(|| {
+            // Going back to `from` is a rollback of its own: never across an epoch.
+            if let Err(held) = crate::engine::plan::way_back(state, target, from) {
+                return Err(stay_on(app, state, target, from, held, &reason)?.into());
+            }
             state.mark_bad(target, &reason);
             // What would have marked the release left behind is dropped: the app goes back to it.
             state.mark_on_commit = None;
@@ -206,6 +220,40 @@ pub fn switch_to(
             }
         }),
     }
+}
+
+/// `failed` did not prove healthy, and the way back to `target` would cross an epoch (`held`): the app stays on
+/// `failed` (not marked bad: it is the release the migrated data needs), degraded until a person proves it or
+/// moves it ([`Error::EpochHeld`], exit 4).
+fn stay_on(
+    app: &App,
+    state: &mut Journal,
+    failed: &Version,
+    target: &Version,
+    held: crate::engine::plan::Held,
+    reason: &str,
+) -> anyhow::Result<Error> {
+    let crate::engine::plan::Held::LowerEpoch { current_epoch, target_epoch, .. } = held else {
+        anyhow::bail!("the way back from {failed} to {target} is held by something other than an epoch: {held:?}");
+    };
+    let err = Error::EpochHeld {
+        app: app.name.clone(),
+        failed: failed.to_string(),
+        failed_epoch: current_epoch,
+        target: target.to_string(),
+        target_epoch,
+        reason: reason.to_owned(),
+    };
+    state.in_flight = None;
+    state.mark_on_commit = None;
+    state.current = app.store.current()?;
+    state.degraded = Some(format!(
+        "{failed} (epoch {current_epoch}) is not healthy ({reason}); not rolled back to {target} (epoch \
+         {target_epoch}): an automatic rollback never crosses an epoch"
+    ));
+    state.save(None)?;
+    tracing::error!("{}: {err}", app.name);
+    Ok(err)
 }
 
 /// A rollback's own checks failed: stay where we are (no flip-flop), say so loudly.

@@ -35,6 +35,8 @@ pub struct DeployRequest {
     pub fetched: Option<Fetched>,
     /// Set when the archive is a delta: the release it was made against, which must be on disk.
     pub delta: Option<DeltaOf>,
+    /// The epoch the signed manifest declares, if one did: the release must not declare another.
+    pub epoch: Option<u64>,
 }
 
 /// A delta archive's base, and the release it assembles (the full artifact's sha256 and size, which the release
@@ -184,6 +186,20 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
                 }
                 .into())
             }
+            Some(rec) => {
+                if let (Some(manifest), Some(recorded)) = (req.epoch, rec.epoch) {
+                    if manifest != recorded {
+                        return Err(Error::EpochMismatch {
+                            app: app.name.clone(),
+                            version: v.to_string(),
+                            manifest,
+                            declared: recorded,
+                            declared_by: "as recorded when it was unpacked".to_owned(),
+                        }
+                        .into());
+                    }
+                }
+            }
             _ => {}
         }
         // A degraded app redeployed on its current version is restarted and verified again (that is how a person
@@ -208,9 +224,15 @@ pub fn deploy(app: &App, req: &DeployRequest, wait: Duration, print: bool) -> an
         if !on_disk.contains(v) {
             let archive = artifact.as_mut().ok_or_else(|| Error::not_on_disk(&app.name, v, &on_disk))?;
             let base = req.delta.as_ref().map(|d| &d.base);
-            stage_release(app, &mut state, archive, (v, &sha, size), base, previous.as_ref(), tl)?;
+            stage_release(app, &mut state, archive, (v, &sha, size, req.epoch), base, previous.as_ref(), tl)?;
         }
         drop(artifact);
+        // Now that its epoch is recorded (a release on disk was checked with the others above): never back to a
+        // lower epoch unless forced. The release stays on disk, not activated.
+        if let Err(held) = crate::engine::plan::not_lower_epoch(&state, previous.as_ref(), v, None, req.force) {
+            state.abandon()?;
+            return Err(held.error(&app.name, v).into());
+        }
         if let Some(crate::base::progress::Interrupt::Cancel(why)) = crate::base::progress::interrupted() {
             anyhow::bail!("cancelled before the switch by an operator's request ({why}); nothing was activated");
         }
@@ -251,7 +273,7 @@ fn stage_release(
     app: &App,
     state: &mut crate::statedir::journal::Journal,
     artifact: &mut Artifact,
-    (v, sha256, size): (&Version, &str, u64),
+    (v, sha256, size, manifest_epoch): (&Version, &str, u64, Option<u64>),
     delta_base: Option<&Version>,
     previous: Option<&Version>,
     tl: &mut Timeline,
@@ -301,6 +323,26 @@ fn stage_release(
             })
         })?;
         crashpoint::hit(crashpoint::Point::AfterUnpack);
+        // What the release declares about itself, read from staging (never through a link); recorded before the
+        // release is renamed into place, so that its epoch is known whenever it is on disk.
+        let declared = crate::store::declared::read(staging.fd())
+            .map_err(|source| Error::InvalidDeclaration { archive: archive.clone(), source })?;
+        if let (Some(manifest), Some(declared)) = (manifest_epoch, declared.epoch) {
+            if manifest != declared {
+                return Err(Error::EpochMismatch {
+                    app: app.name.clone(),
+                    version: v.to_string(),
+                    manifest,
+                    declared,
+                    declared_by: format!("its archive's {}", crate::store::declared::PATH),
+                }
+                .into());
+            }
+        }
+        if let Some(rec) = state.releases.get_mut(v) {
+            rec.epoch = Some(declared.epoch.or(manifest_epoch).unwrap_or(0));
+        }
+        state.save(None)?;
         // The shared links are part of the release: made before the sync, so that they are as durable as the
         // unpacked files when the rename publishes the release (they used to be made after it).
         staging.link_shared(&app.store, &app.cfg.shared)?;

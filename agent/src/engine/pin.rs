@@ -34,6 +34,9 @@ pub fn pin(app: &App, version: &Version, reason: Option<&str>, force: bool, wait
     }
     crate::engine::plan::not_bad(&state, version, force).map_err(|held| held.error(&app.name, version))?;
     let current = app.store.current()?;
+    // Pinning switches to the version first: never back to a lower epoch unless forced.
+    crate::engine::plan::not_lower_epoch(&state, current.as_ref(), version, None, force)
+        .map_err(|held| held.error(&app.name, version))?;
     let mut ev = app.event(crate::statedir::history::Action::Pin);
     ev.version = Some(version.to_string());
     ev.previous = state.pin.as_ref().map(|p| p.version.to_string());

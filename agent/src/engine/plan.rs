@@ -1,7 +1,9 @@
 //! The engine's decisions, as pure functions of the state and their inputs (no disk, no process; the clock is
 //! passed in), each tested against fixtures:
-//! - the gate of every switch an operator or the daemon asks for ([`may_switch_to`], [`not_bad`]): a version
-//!   marked bad is not switched to, and a pinned app is not moved to another version, unless forced;
+//! - the gate of every switch an operator or the daemon asks for ([`may_switch_to`], [`not_bad`],
+//!   [`not_lower_epoch`]): a version marked bad is not switched to, a pinned app is not moved to another version,
+//!   and an app is not moved back to a release of a lower epoch, unless forced;
+//! - whether the way back after a failure may go where it would ([`way_back`]): never across an epoch;
 //! - what recovery does after a crash ([`recovery`]), from the journal and where `current` points;
 //! - what the daemon converges to ([`converge`]), from the state, the disk and the accepted manifest;
 //! - a fleet's rollout: each host's [`seed`], whether the [`wave`] in force covers it, and whether the hosts'
@@ -26,16 +28,53 @@ pub enum Held {
     Bad { reason: String },
     /// The app is pinned to another version.
     Pinned { pinned: Version },
+    /// The target is of a lower epoch than the release the app is on (`current`).
+    LowerEpoch { current: Version, current_epoch: u64, target_epoch: u64 },
 }
 
-/// Whether `target` may be switched to: not marked bad, and the app not pinned to another version; `force` lets
-/// both through. The bad mark is said first.
+/// Whether `target` may be switched to from the current release: not marked bad, the app not pinned to another
+/// version, and not back to a lower epoch (when `target`'s epoch is recorded); `force` lets all through. The bad
+/// mark is said first, then the pin.
 pub fn may_switch_to(state: &AppState, target: &Version, force: bool) -> Result<(), Held> {
     not_bad(state, target, force)?;
     match &state.pin {
-        Some(pin) if &pin.version != target && !force => Err(Held::Pinned { pinned: pin.version.clone() }),
-        _ => Ok(()),
+        Some(pin) if &pin.version != target && !force => return Err(Held::Pinned { pinned: pin.version.clone() }),
+        _ => {}
     }
+    not_lower_epoch(state, state.current.as_ref(), target, None, force)
+}
+
+/// The recorded epoch of a release on disk (0 when it declared none), or `None` when it is not recorded.
+pub fn epoch_of(state: &AppState, v: &Version) -> Option<u64> {
+    state.releases.get(v).map(|r| r.epoch())
+}
+
+/// The epoch rule: a switch from `from` to `target` of a lower epoch is held unless forced. A release's epoch
+/// only ever grows across a marked schema migration, so a release of a lower epoch may not read what a higher
+/// one migrated. `target_epoch` is what is known of `target` when it is not recorded yet (its manifest's);
+/// `target`'s record wins when it has one. An unknown epoch holds nothing (the switch is checked again once the
+/// release is unpacked and recorded); `from` unrecorded is epoch 0.
+pub fn not_lower_epoch(
+    state: &AppState,
+    from: Option<&Version>,
+    target: &Version,
+    target_epoch: Option<u64>,
+    force: bool,
+) -> Result<(), Held> {
+    let Some(from) = from.filter(|f| *f != target) else { return Ok(()) };
+    let Some(target_epoch) = epoch_of(state, target).or(target_epoch) else { return Ok(()) };
+    let current_epoch = epoch_of(state, from).unwrap_or(0);
+    if target_epoch < current_epoch && !force {
+        return Err(Held::LowerEpoch { current: from.clone(), current_epoch, target_epoch });
+    }
+    Ok(())
+}
+
+/// Whether the way back from `failed` (a release that did not prove healthy) to `target` is allowed: an
+/// automatic rollback (after a deploy, a recovery, or an operator's switch that failed) never crosses an epoch
+/// and is never forced. `Err` holds the epochs: the app stays on `failed`, degraded.
+pub fn way_back(state: &AppState, failed: &Version, target: &Version) -> Result<(), Held> {
+    not_lower_epoch(state, Some(failed), target, None, false)
 }
 
 /// Whether `target` may be pinned to (and switched to): not marked bad, unless forced.
@@ -52,6 +91,13 @@ impl Held {
         match self {
             Held::Bad { reason } => Error::MarkedBad { app: app.to_owned(), version: target.to_string(), reason },
             Held::Pinned { pinned } => Error::Pinned { app: app.to_owned(), pinned: pinned.to_string() },
+            Held::LowerEpoch { current, current_epoch, target_epoch } => Error::LowerEpoch {
+                app: app.to_owned(),
+                current: current.to_string(),
+                current_epoch,
+                target: target.to_string(),
+                target_epoch,
+            },
         }
     }
 }
@@ -115,10 +161,19 @@ pub fn converge(
     if state.current.as_ref() == Some(&v) && state.in_flight.is_none() {
         return Converge::OnIt { version: v };
     }
-    if let Err(held) = may_switch_to(state, &v, false) {
+    if let Err(held) = may_switch_to(state, &v, false)
+        .and_then(|()| not_lower_epoch(state, state.current.as_ref(), &v, want.epoch, false))
+    {
         return match held {
             Held::Bad { reason } => hold(format!("{v} is marked bad ({reason})"), false),
             Held::Pinned { pinned } => hold(format!("pinned to {pinned}"), true),
+            Held::LowerEpoch { current, current_epoch, target_epoch } => hold(
+                format!(
+                    "{v} is of epoch {target_epoch}, lower than {current}'s epoch {current_epoch}: the daemon never goes \
+                     back across an epoch (deploy it by hand with --force)"
+                ),
+                false,
+            ),
         };
     }
     if want.expired(now) {
@@ -263,6 +318,91 @@ mod tests {
         assert!(e.to_string().contains("pinned to `1.0.0`"), "{e}");
     }
 
+    /// On `current`, with releases recorded at these epochs (`None`: recorded before epochs).
+    fn epochs(current: &str, releases: &[(&str, Option<u64>)]) -> AppState {
+        let mut s = AppState { current: Some(v(current)), ..AppState::default() };
+        for (name, epoch) in releases {
+            s.record_release(&v(name), "aa", 1, "t");
+            s.releases.get_mut(&v(name)).unwrap().epoch = *epoch;
+        }
+        s
+    }
+
+    #[test]
+    fn a_switch_back_to_a_lower_epoch_is_held_unless_forced() {
+        let s = epochs("3", &[("1", Some(0)), ("2", Some(1)), ("3", Some(1)), ("4", Some(2))]);
+        let held = Held::LowerEpoch { current: v("3"), current_epoch: 1, target_epoch: 0 };
+        assert_eq!(may_switch_to(&s, &v("1"), false), Err(held.clone()));
+        assert_eq!(may_switch_to(&s, &v("1"), true), Ok(()));
+        // Within an epoch, and forward to a higher one, nothing is held.
+        assert_eq!(may_switch_to(&s, &v("2"), false), Ok(()));
+        assert_eq!(may_switch_to(&s, &v("4"), false), Ok(()));
+        // The same version is no switch at all.
+        assert_eq!(not_lower_epoch(&s, Some(&v("3")), &v("3"), Some(0), false), Ok(()));
+        // The error says both versions, both epochs and the way through.
+        let e = held.error("web", &v("1")).to_string();
+        for want in ["`3` (epoch 1)", "`1` is of the lower epoch 0", "--force"] {
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+        assert_eq!(
+            Held::LowerEpoch { current: v("3"), current_epoch: 1, target_epoch: 0 }.error("web", &v("1")).exit_code(),
+            crate::base::exit::FAILED
+        );
+    }
+
+    #[test]
+    fn an_unknown_epoch_holds_nothing_and_a_record_wins_over_a_manifest() {
+        let s = epochs("2", &[("1", None), ("2", Some(1))]);
+        // Recorded before epochs: epoch 0, so going back to it is held; a release not recorded yet is not.
+        assert!(matches!(may_switch_to(&s, &v("1"), false), Err(Held::LowerEpoch { target_epoch: 0, .. })));
+        assert_eq!(may_switch_to(&s, &v("9"), false), Ok(()));
+        // ... unless what its manifest says is known.
+        assert!(not_lower_epoch(&s, Some(&v("2")), &v("9"), Some(0), false).is_err());
+        assert_eq!(not_lower_epoch(&s, Some(&v("2")), &v("9"), Some(1), false), Ok(()));
+        // The record wins over the manifest's word.
+        assert!(not_lower_epoch(&s, Some(&v("2")), &v("1"), Some(5), false).is_err());
+        // From a release recorded before epochs (epoch 0), nothing is lower.
+        let old = epochs("1", &[("1", None), ("2", Some(0))]);
+        assert_eq!(may_switch_to(&old, &v("2"), false), Ok(()));
+        // No current release: nothing to cross.
+        assert_eq!(not_lower_epoch(&s, None, &v("1"), None, false), Ok(()));
+    }
+
+    #[test]
+    fn the_way_back_never_crosses_an_epoch() {
+        let s = epochs("3", &[("1", Some(0)), ("2", Some(1)), ("3", Some(1))]);
+        assert_eq!(way_back(&s, &v("3"), &v("2")), Ok(()));
+        assert_eq!(
+            way_back(&s, &v("3"), &v("1")),
+            Err(Held::LowerEpoch { current: v("3"), current_epoch: 1, target_epoch: 0 })
+        );
+        // Back to a higher epoch (an operator's switch to an older epoch that failed) is allowed.
+        assert_eq!(way_back(&s, &v("1"), &v("3")), Ok(()));
+    }
+
+    #[test]
+    fn the_daemon_holds_a_manifest_naming_a_lower_epoch() {
+        let now = at("2026-06-01T00:00:00Z");
+        let none = HashSet::new();
+        let mut s = wanting("2", "2027-01-01T00:00:00Z");
+        s.releases.get_mut(&v("1")).unwrap().epoch = Some(3);
+        // Not on disk: the manifest's epoch decides; without one, it is fetched (and checked once unpacked).
+        assert!(matches!(converge(&s, &[v("1")], &none, now), Converge::Deploy { .. }));
+        s.channel.as_mut().unwrap().epoch = Some(2);
+        match converge(&s, &[v("1")], &none, now) {
+            Converge::Hold { why, retry: false, .. } => {
+                assert!(why.contains("epoch 2, lower than 1's epoch 3"), "{why}")
+            }
+            other => panic!("not held: {other:?}"),
+        }
+        s.channel.as_mut().unwrap().epoch = Some(3);
+        assert!(matches!(converge(&s, &[v("1")], &none, now), Converge::Deploy { .. }));
+        // On disk and recorded at a lower epoch: held, whatever the manifest says.
+        s.record_release(&v("2"), "bb", 2, "t");
+        s.releases.get_mut(&v("2")).unwrap().epoch = Some(1);
+        assert!(matches!(converge(&s, &[v("1"), v("2")], &none, now), Converge::Hold { retry: false, .. }));
+    }
+
     fn flight(op: Op, version: &str, previous: &str, step: Step) -> InFlight {
         InFlight {
             op,
@@ -328,6 +468,7 @@ mod tests {
             published_at: None,
             waves: Vec::new(),
             halt_after: None,
+            epoch: None,
         });
         s
     }

@@ -225,6 +225,7 @@ pub fn deploy_version(
         reason,
         fetched: None,
         delta: None,
+        epoch: None,
     };
     let state = app.load_state()?;
     if app.store.on_disk()?.contains(v) && state.releases.contains_key(v) {
@@ -281,7 +282,7 @@ pub fn deploy_version(
                         let of = crate::engine::deploy::DeltaOf { base: d.from.clone(), release: full.clone() };
                         (of, crate::engine::deploy::Promise { sha256: d.sha256, size: d.size })
                     });
-                    anyhow::Ok(Some((path, full, took, delta)))
+                    anyhow::Ok(Some((path, full, took, delta, c.epoch)))
                 }
                 other => Err(Error::NotPublished {
                     app: app.name.clone(),
@@ -293,11 +294,12 @@ pub fn deploy_version(
                 .into()),
             }
         })?;
-        let Some((path, sha, took, delta)) = fetched else {
+        let Some((path, sha, took, delta, epoch)) = fetched else {
             use_delta = false;
             continue;
         };
         req.archive = Some(path.clone());
+        req.epoch = epoch;
         let used_delta = delta.is_some();
         (req.expected, req.delta) = match delta {
             Some((of, file)) => (Some(file), Some(of)),
@@ -330,6 +332,8 @@ pub fn refused_archive(e: &anyhow::Error) -> bool {
             Error::ArchiveRefused { .. }
                 | Error::Source(SourceError::Mismatch { .. } | SourceError::Refused { .. })
                 | Error::VersionConflict { .. }
+                | Error::InvalidDeclaration { .. }
+                | Error::EpochMismatch { .. }
         )
     )
 }

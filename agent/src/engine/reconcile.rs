@@ -113,7 +113,11 @@ pub fn reconcile(app: &App, tl: &mut Timeline) -> anyhow::Result<Journal> {
     // longer says what was interrupted, this event is the only trace of it. A crash in between repeats the
     // recovery (and its event) at the next command instead of losing it.
     if !notes.is_empty() {
-        ev.outcome = if failure.is_some() { Outcome::Failed } else { Outcome::Recovered };
+        ev.outcome = match &failure {
+            Some(crate::error::Error::EpochHeld { .. }) => Outcome::Degraded,
+            Some(_) => Outcome::Failed,
+            None => Outcome::Recovered,
+        };
         ev.duration_ms = tl.elapsed_ms();
         ev.reason = Some(notes.join("; "));
         ev.steps = tl.steps.clone();

@@ -97,6 +97,8 @@ pub struct ReleaseStatus {
     pub pinned: bool,
     pub sha256: Option<String>,
     pub unpacked_at: Option<String>,
+    /// Its epoch, as recorded at unpack (0 when it declared none, or is not recorded).
+    pub epoch: u64,
     /// Bytes of its files, and the bytes only it holds (unchanged files are shared between releases): filled by
     /// `releases` (see [`with_usage`]), which reads every release.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +132,7 @@ pub fn app_status(app: &App) -> anyhow::Result<AppStatus> {
                 pinned: state.pin.as_ref().is_some_and(|p| &p.version == v),
                 sha256: rec.map(|r| r.sha256.clone()),
                 unpacked_at: rec.map(|r| r.unpacked_at.clone()),
+                epoch: rec.map_or(0, |r| r.epoch()),
                 bytes: None,
                 unique_bytes: None,
             }
@@ -258,7 +261,16 @@ pub fn print_human(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Resul
         if s.releases.is_empty() {
             "(none)".to_owned()
         } else {
-            s.releases.iter().map(|r| r.version.clone()).collect::<Vec<_>>().join(", ")
+            // Epochs are said once any release declares one.
+            let epochs = s.releases.iter().any(|r| r.epoch > 0);
+            let name = |r: &ReleaseStatus| {
+                if epochs {
+                    format!("{} (epoch {})", r.version, r.epoch)
+                } else {
+                    r.version.clone()
+                }
+            };
+            s.releases.iter().map(name).collect::<Vec<_>>().join(", ")
         }
     )
 }
@@ -279,7 +291,11 @@ pub fn with_usage(app: &App, s: &mut AppStatus) -> anyhow::Result<()> {
 
 pub fn print_releases(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Result<()> {
     let size = |n: Option<u64>| n.map_or("-".to_owned(), |n| bytesize::ByteSize(n).display().iec().to_string());
-    writeln!(w, "{:<20} {:<8} {:<18} {:>10} {:>10}  SHA256", "VERSION", "", "UNPACKED", "SIZE", "UNIQUE")?;
+    writeln!(
+        w,
+        "{:<20} {:<8} {:>5} {:<18} {:>10} {:>10}  SHA256",
+        "VERSION", "", "EPOCH", "UNPACKED", "SIZE", "UNIQUE"
+    )?;
     for r in &s.releases {
         let mut flags = Vec::new();
         if r.current {
@@ -296,9 +312,10 @@ pub fn print_releases(s: &AppStatus, w: &mut impl std::io::Write) -> std::io::Re
         }
         writeln!(
             w,
-            "{:<20} {:<8} {:<18} {:>10} {:>10}  {}",
+            "{:<20} {:<8} {:>5} {:<18} {:>10} {:>10}  {}",
             r.version,
             flags.join(","),
+            r.epoch,
             r.unpacked_at.as_deref().unwrap_or("-"),
             size(r.bytes),
             size(r.unique_bytes),

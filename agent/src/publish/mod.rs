@@ -43,6 +43,8 @@ pub struct PublishRequest {
     /// A staged rollout (`--wave`), and when it halts (`--halt-after`).
     pub waves: Vec<crate::source::rollout::Wave>,
     pub halt_after: Option<crate::source::rollout::Threshold>,
+    /// The release's epoch, for the manifest (`--epoch`).
+    pub epoch: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,6 +194,7 @@ async fn publish_async(req: &PublishRequest) -> anyhow::Result<PublishOutcome> {
         waves: req.waves.clone(),
         halt_after: req.halt_after,
         delta: delta.as_ref().map(|(d, _)| d.clone()),
+        epoch: req.epoch,
     };
     let mut bytes = serde_json::to_vec_pretty(&m)?;
     bytes.push(b'\n');

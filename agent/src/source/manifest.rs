@@ -43,6 +43,10 @@ pub struct Manifest {
     /// (see `publish`). An agent that has that version on disk may download it instead of the artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<Delta>,
+    /// The release's epoch (`publish --epoch N`); when its archive's `.switchback/release.toml` declares one too,
+    /// the two must agree. No epoch declared anywhere is epoch 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A delta artifact, as a manifest names it.
@@ -77,6 +81,8 @@ pub struct Accepted {
     pub waves: Vec<Wave>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_after: Option<Threshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Why a manifest was not accepted.
@@ -254,6 +260,7 @@ impl Manifest {
             published_at: self.published_at.clone(),
             waves: self.waves.clone(),
             halt_after: self.halt_after,
+            epoch: self.epoch,
         })
     }
 }
@@ -353,6 +360,7 @@ mod tests {
             waves: Vec::new(),
             halt_after: None,
             delta: None,
+            epoch: None,
         })
         .unwrap()
     }

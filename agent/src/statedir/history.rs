@@ -56,6 +56,9 @@ pub enum Outcome {
     RolledBack,
     /// The way back failed too: the app needs a person (exit 4).
     RollbackFailed,
+    /// The release failed and the way back would have crossed an epoch: the app stays on it, degraded, and needs
+    /// a person (exit 4).
+    Degraded,
     /// The app's lock was held by someone else (exit 5).
     Busy,
     Failed,
@@ -90,7 +93,7 @@ words!(Action {
     Clear => "clear", Prune => "prune", Accept => "accept", Unknown => "unknown",
 });
 words!(Outcome {
-    Ok => "ok", RolledBack => "rolled-back", RollbackFailed => "rollback-failed", Busy => "busy",
+    Ok => "ok", RolledBack => "rolled-back", RollbackFailed => "rollback-failed", Degraded => "degraded", Busy => "busy",
     Failed => "failed", Recovered => "recovered", Interrupted => "interrupted", Unknown => "unknown",
 });
 
@@ -308,7 +311,11 @@ mod tests {
             assert_eq!(serde_json::to_value(a).unwrap(), w);
             assert_eq!(a.to_string(), w);
         }
-        for (o, w) in [(Outcome::RolledBack, "rolled-back"), (Outcome::RollbackFailed, "rollback-failed")] {
+        for (o, w) in [
+            (Outcome::RolledBack, "rolled-back"),
+            (Outcome::RollbackFailed, "rollback-failed"),
+            (Outcome::Degraded, "degraded"),
+        ] {
             assert_eq!(serde_json::to_value(o).unwrap(), w);
             assert_eq!(serde_json::from_value::<Outcome>(w.into()).unwrap(), o);
         }

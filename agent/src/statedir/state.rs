@@ -70,6 +70,17 @@ pub struct ReleaseRecord {
     pub unpacked_at: String,
     /// Position in the order of commits; `None` if the release was never proven good.
     pub good_seq: Option<u64>,
+    /// The release's epoch (declared by its archive's `.switchback/release.toml` or its manifest; 0 when neither
+    /// declares one), recorded at unpack. `None`: recorded by an agent older than epochs (taken as 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+}
+
+impl ReleaseRecord {
+    /// The epoch the rules use: a release that declares none (or was recorded before epochs) has epoch 0.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -148,6 +159,7 @@ impl AppState {
             size,
             unpacked_at: now.to_owned(),
             good_seq: None,
+            epoch: None,
         });
     }
 
@@ -256,6 +268,20 @@ mod tests {
         // keep = 1 still keeps current and the rollback target.
         let gone = s.prunable(&disk, 1);
         assert!(!gone.contains(&v("5")) && !gone.contains(&v("4")) && !gone.contains(&v("1")));
+    }
+
+    #[test]
+    fn a_state_from_before_epochs_loads_with_epoch_0() {
+        let old = r#"{"schema":1,"current":"1","last_good":"1","pin":null,"in_flight":null,"degraded":null,
+            "last_health":null,"releases":{"1":{"sha256":"aa","size":1,"unpacked_at":"t","good_seq":1}}}"#;
+        let s: AppState = serde_json::from_str(old).unwrap();
+        let r = &s.releases[&v("1")];
+        assert_eq!((r.epoch, r.epoch()), (None, 0));
+        // And a recorded epoch survives a round trip.
+        let mut s = s;
+        s.releases.get_mut(&v("1")).unwrap().epoch = Some(2);
+        let back: AppState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.releases[&v("1")].epoch(), 2);
     }
 
     #[test]
