@@ -9,7 +9,7 @@ use crate::harness::*;
 
 const COMMANDS: &[&str] = &[
     "daemon", "deploy", "rollback", "status", "releases", "history", "report", "pin", "unpin", "clear", "prune",
-    "check", "keygen", "publish", "config", "demo",
+    "check", "keygen", "publish", "fleet", "fleet status", "config", "demo",
 ];
 
 fn snapshot(name: &str, actual: &str) {
@@ -37,7 +37,7 @@ fn snapshot(name: &str, actual: &str) {
 fn help_of_every_command_is_as_recorded() {
     let h = Host::new();
     let mut all = String::new();
-    for args in std::iter::once(vec!["--help"]).chain(COMMANDS.iter().map(|c| vec![*c, "--help"])) {
+    for args in std::iter::once(vec!["--help"]).chain(COMMANDS.iter().map(|c| c.split(' ').chain(["--help"]).collect())) {
         let out = h.run(&args);
         out.expect(0);
         all.push_str(&format!("$ switchback {}\n{}\n", args.join(" "), out.stdout));

@@ -215,6 +215,7 @@ pub struct FleetStatusArgs {
     /// The bucket base, e.g. s3://bucket/deploy (as given to publish --to)
     #[arg(long, value_name = "BASE")]
     source: String,
+    /// The app whose channel and host reports to read (BASE/APP/...)
     #[arg(long)]
     app: String,
     #[arg(long, default_value = "production")]
