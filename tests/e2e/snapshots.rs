@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::harness::*;
 
+#[rustfmt::skip]
 const COMMANDS: &[&str] = &[
     "daemon", "deploy", "rollback", "status", "releases", "history", "report", "pin", "unpin", "clear", "prune",
     "check", "keygen", "publish", "fleet", "fleet status", "config", "demo",
@@ -37,7 +38,8 @@ fn snapshot(name: &str, actual: &str) {
 fn help_of_every_command_is_as_recorded() {
     let h = Host::new();
     let mut all = String::new();
-    for args in std::iter::once(vec!["--help"]).chain(COMMANDS.iter().map(|c| c.split(' ').chain(["--help"]).collect())) {
+    let commands = COMMANDS.iter().map(|c| c.split(' ').chain(["--help"]).collect());
+    for args in std::iter::once(vec!["--help"]).chain(commands) {
         let out = h.run(&args);
         out.expect(0);
         all.push_str(&format!("$ switchback {}\n{}\n", args.join(" "), out.stdout));
