@@ -407,13 +407,16 @@ impl Drop for Proxy {
 }
 
 fn pump(client: TcpStream, server: TcpStream, log: Arc<Mutex<Vec<String>>>, cut: Arc<AtomicU64>, left: Arc<AtomicU64>) {
-    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let (mut s_read, mut c_write) = (server, client);
+    // Both directions share one descriptor per socket (`&TcpStream` reads and writes): a fleet of a thousand
+    // agents keeps thousands of connections open through here.
+    let (client, server) = (Arc::new(client), Arc::new(server));
+    let (c_read, s_write) = (client.clone(), server.clone());
+    let (s_read, c_write) = (server, client);
     let up_log = log.clone();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            let n = match c_read.read(&mut buf) {
+            let n = match (&*c_read).read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
@@ -432,7 +435,7 @@ fn pump(client: TcpStream, server: TcpStream, log: Arc<Mutex<Vec<String>>>, cut:
                     up_log.lock().unwrap().push(format!("{first} {}", extra.join(" ")));
                 }
             }
-            if s_write.write_all(&buf[..n]).is_err() {
+            if (&*s_write).write_all(&buf[..n]).is_err() {
                 break;
             }
         }
@@ -442,7 +445,7 @@ fn pump(client: TcpStream, server: TcpStream, log: Arc<Mutex<Vec<String>>>, cut:
         let mut buf = vec![0u8; 64 << 10];
         let mut sent = 0u64;
         loop {
-            let n = match s_read.read(&mut buf) {
+            let n = match (&*s_read).read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
@@ -456,7 +459,7 @@ fn pump(client: TcpStream, server: TcpStream, log: Arc<Mutex<Vec<String>>>, cut:
                 && sent + n as u64 > limit
                 && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1)).is_ok();
             let n = if cutting { (limit - sent) as usize } else { n };
-            if c_write.write_all(&buf[..n]).is_err() {
+            if (&*c_write).write_all(&buf[..n]).is_err() {
                 break;
             }
             sent += n as u64;

@@ -480,6 +480,9 @@ impl object_store::client::HttpConnector for SameOriginRedirects {
         let client = reqwest::Client::builder()
             .redirect(policy)
             .connect_timeout(Duration::from_secs(5))
+            // A daemon on every server keeps few sockets open on the bucket between polls: one idle poll is
+            // one request, and a download's parallel ranges close their extra connections when done.
+            .pool_max_idle_per_host(2)
             .https_only(!allow_http)
             // Compression would change Content-Length, which object_store relies on.
             .no_gzip()
