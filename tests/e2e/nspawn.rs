@@ -21,7 +21,7 @@ const ROOTFS_MARKER: &str = ".switchback-rootfs-complete";
 /// A PATH for commands run inside the container (the test's own environment is not passed in).
 const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn rootfs() -> PathBuf {
+pub(crate) fn rootfs() -> PathBuf {
     let dir = Path::new(REPO).join("target/nspawn-rootfs");
     assert!(
         dir.join(ROOTFS_MARKER).is_file(),
@@ -46,20 +46,20 @@ fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 /// A host path bound read-only into the container.
-struct Bind {
+pub(crate) struct Bind {
     host: PathBuf,
     inside: &'static str,
 }
 
 impl Bind {
-    fn ro(host: impl Into<PathBuf>, inside: &'static str) -> Bind {
+    pub(crate) fn ro(host: impl Into<PathBuf>, inside: &'static str) -> Bind {
         Bind { host: host.into(), inside }
     }
 }
 
 /// A booted container. Dropping it stops systemd-nspawn (SIGTERM, then SIGKILL), kills whatever is left in its
 /// cgroups and removes them.
-struct Container {
+pub(crate) struct Container {
     name: String,
     cgroups: Vec<PathBuf>,
     child: Option<Child>,
@@ -69,7 +69,7 @@ struct Container {
 
 impl Container {
     /// Boots `rootfs` with an overlay (nothing written reaches the tree) and waits for systemd to finish booting.
-    fn boot(rootfs: &Path, log: &Path, binds: &[Bind]) -> Container {
+    pub(crate) fn boot(rootfs: &Path, log: &Path, binds: &[Bind]) -> Container {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("sbtest-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         let roots = cgroup_roots();
@@ -131,12 +131,12 @@ impl Container {
     }
 
     /// Runs a command inside the container (all its namespaces, its root).
-    fn exec(&self, argv: &[&str]) -> Out {
+    pub(crate) fn exec(&self, argv: &[&str]) -> Out {
         self.command(argv).output().map(Out::from).expect("running nsenter")
     }
 
     /// A command to run inside the container; stdio as the caller sets it.
-    fn command(&self, argv: &[&str]) -> Command {
+    pub(crate) fn command(&self, argv: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.env_clear().env("PATH", CONTAINER_PATH).arg("-t").arg(self.init.unwrap().to_string()).arg("-a").args(argv);
         cmd
@@ -144,20 +144,20 @@ impl Container {
 
     /// Runs a command inside that must succeed; its stdout.
     #[track_caller]
-    fn ok(&self, argv: &[&str]) -> String {
+    pub(crate) fn ok(&self, argv: &[&str]) -> String {
         let o = self.exec(argv);
         assert_eq!(o.code, 0, "{argv:?} failed inside the container: {o:#?}");
         o.stdout
     }
 
     /// One property of a unit, from `systemctl show`.
-    fn prop(&self, unit: &str, prop: &str) -> String {
+    pub(crate) fn prop(&self, unit: &str, prop: &str) -> String {
         let o = self.ok(&["systemctl", "show", unit, "-p", prop, "--value"]);
         o.trim_end_matches('\n').to_owned()
     }
 
     /// The journal of these units (all of it, short format).
-    fn journal(&self, units: &[&str]) -> String {
+    pub(crate) fn journal(&self, units: &[&str]) -> String {
         let mut argv = vec!["journalctl", "--no-pager", "-q"];
         for u in units {
             argv.extend(["-u", u]);
@@ -246,7 +246,7 @@ fn subtree(root: &Path) -> Vec<PathBuf> {
 }
 
 /// GET a path from the app on loopback: (status, body), or None when nothing answers.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
