@@ -1,0 +1,315 @@
+//! Restarts that drop nothing: the shipped example units `systemd/examples/web.socket` and `web.service` under a
+//! real systemd (a `systemd-nspawn` container, see `nspawn.rs`), with the shipped agent unit deploying the demo
+//! service through them, while the host keeps a steady load on the app: a healthy deploy, an unhealthy deploy
+//! rolled back on its own, and a manual rollback, each a restart (or two) of `web.service`. Not one request may
+//! fail.
+//!
+//! The example files are bound in as they are; the test changes only what must differ, the way the examples say
+//! to: a drop-in moves the socket to a free port. The releases ship `bin/web` (the unit's `ExecStart=`), a script
+//! that executes the demo service (`switchback demo-service serve`) in its place.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{free_port, Out, BIN};
+use crate::nspawn::{get, rootfs, Bind, Container};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// Concurrent clients, each making one request per connection, one after another with a short pause.
+const CLIENTS: usize = 6;
+const PAUSE: Duration = Duration::from_millis(10);
+/// A request that has no answer within this is a failure (a timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bounds of the load, whatever happens: requests per client and the time it may run.
+const MAX_PER_CLIENT: usize = 20_000;
+const MAX_LOAD: Duration = Duration::from_secs(150);
+/// Requests each phase must have had answered, so that a phase without load cannot pass.
+const MIN_PER_PHASE: usize = 100;
+
+/// One request of the load: when it started and ended, and the version that answered or what went wrong.
+struct Sample {
+    start: Instant,
+    end: Instant,
+    result: Result<String, String>,
+}
+
+/// `GET /` on a new connection: the version in `hello from VERSION`, or why it failed (connection refused or
+/// reset, a timeout, a status other than 200, an answer cut short).
+fn request(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| format!("read: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no complete answer: {text:?}"))?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("not 200: {head:?}"));
+    }
+    body.trim().strip_prefix("hello from ").map(str::to_owned).ok_or_else(|| format!("unexpected body: {body:?}"))
+}
+
+/// The steady load: CLIENTS threads until `stop` (or the bounds above).
+fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<Sample>>> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let began = Instant::now();
+    (0..CLIENTS)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) && samples.len() < MAX_PER_CLIENT && began.elapsed() < MAX_LOAD {
+                    let start = Instant::now();
+                    let result = request(addr);
+                    samples.push(Sample { start, end: Instant::now(), result });
+                    std::thread::sleep(PAUSE);
+                }
+                samples
+            })
+        })
+        .collect()
+}
+
+/// A phase of the run: its name, when it started and ended, and the versions that must answer in it, in the
+/// order of their answers (one process stops before the next starts, so they never interleave).
+struct Phase {
+    name: &'static str,
+    from: Instant,
+    to: Instant,
+    versions: &'static [&'static str],
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `switchback status web --json` inside the container: the app's entry.
+fn status(c: &Container) -> serde_json::Value {
+    let o = c.exec(&["switchback", "status", "web", "--json"]);
+    assert_eq!(o.code, 0, "switchback status failed inside the container: {o:#?}");
+    o.json()["apps"][0].clone()
+}
+
+/// Polls the status until `done` holds (the panic shows the last one).
+#[track_caller]
+fn wait_status(c: &Container, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let timeout = Duration::from_secs(40);
+    let start = Instant::now();
+    loop {
+        let s = status(c);
+        if done(&s) {
+            return;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; last status: {s:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// On `version`, checked healthy, nothing in flight.
+fn settled_on(s: &serde_json::Value, version: &str) -> bool {
+    s["current"] == version
+        && s["in_flight"].is_null()
+        && s["last_health"]["version"] == version
+        && s["last_health"]["healthy"] == true
+}
+
+/// Publishes a release to the channel the agent follows: the demo service as `bin/web`, `health` what /healthz
+/// answers.
+fn publish(dir: &Path, port: u16, version: &str, health: u16) {
+    let release = dir.join(format!("release-{version}"));
+    std::fs::create_dir_all(release.join("bin")).unwrap();
+    std::fs::write(release.join("version.txt"), version).unwrap();
+    std::fs::write(release.join("health"), health.to_string()).unwrap();
+    // `--port` is for a start without a socket from systemd; under web.socket the demo takes fd 3.
+    let script = format!(
+        "#!/bin/sh\n# The app of this release: the demo service, in this process (exec keeps the pid systemd \
+         passed the socket to).\nexec /usr/bin/switchback demo-service serve --dir /srv/web/current --port {port}\n"
+    );
+    std::fs::write(release.join("bin/web"), script).unwrap();
+    std::fs::set_permissions(release.join("bin/web"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = Command::new(BIN)
+        .args(["publish", "--app", "web", "--channel", "production", "--version", version])
+        .arg("--to")
+        .arg(format!("file://{}", dir.join("bucket").display()))
+        .arg("--key")
+        .arg(dir.join("signing.key"))
+        .arg(&release)
+        .env_remove("SWITCHBACK_CONFIG")
+        .output()
+        .map(Out::from)
+        .unwrap();
+    assert_eq!(o.code, 0, "publish {version}: {o:#?}");
+}
+
+#[test]
+fn socket_activated_app_drops_no_request_through_deploys_and_rollbacks() {
+    let started = Instant::now();
+    let rootfs = rootfs();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let port = free_port();
+    let keygen = Command::new(BIN)
+        .args(["keygen", "--json", "--out"])
+        .arg(p.join("signing"))
+        .env_remove("SWITCHBACK_CONFIG")
+        .output()
+        .map(Out::from)
+        .unwrap();
+    assert_eq!(keygen.code, 0, "{keygen:#?}");
+    let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
+    std::fs::create_dir(p.join("bucket")).unwrap();
+    std::fs::write(
+        p.join("switchback.toml"),
+        format!(
+            r#"[agent]
+state_dir = "/var/lib/switchback"
+poll_interval = "500ms"
+
+[apps.web]
+root = "/srv/web"
+owner = "www-data"
+source = "file:///srv/bucket/web"
+trusted_keys = ["{public}"]
+
+[apps.web.service]
+unit = "web.service"
+timeout = "30s"
+
+[[apps.web.checks]]
+http = "http://127.0.0.1:{port}/healthz"
+expect_status = 200
+timeout = "1s"
+
+[apps.web.health]
+interval = "200ms"
+healthy_after = 2
+deadline = "3s"
+"#
+        ),
+    )
+    .unwrap();
+    // The one change to the shipped units, as web.socket says to make it: the socket on a free port.
+    std::fs::create_dir(p.join("web.socket.d")).unwrap();
+    std::fs::write(
+        p.join("web.socket.d/10-test.conf"),
+        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    let examples = Path::new(REPO).join("systemd/examples");
+    let binds = [
+        Bind::ro(BIN, "/usr/bin/switchback"),
+        Bind::ro(Path::new(REPO).join("systemd/switchback.service"), "/etc/systemd/system/switchback.service"),
+        Bind::ro(examples.join("web.socket"), "/etc/systemd/system/web.socket"),
+        Bind::ro(examples.join("web.service"), "/etc/systemd/system/web.service"),
+        Bind::ro(p.join("web.socket.d"), "/etc/systemd/system/web.socket.d"),
+        Bind::ro(p.join("switchback.toml"), "/etc/switchback/switchback.toml"),
+        Bind::ro(p.join("bucket"), "/srv/bucket"),
+    ];
+    let c = Container::boot(&rootfs, &p.join("nspawn.log"), &binds);
+    c.ok(&["systemctl", "start", "web.socket", "switchback.service"]);
+    assert_eq!(c.prop("web.socket", "Listen"), format!("127.0.0.1:{port} (Stream)"));
+    assert_eq!(c.prop("web.service", "KillMode"), "mixed");
+
+    publish(p, port, "v1", 200);
+    wait_status(&c, "v1 to be deployed", |s| settled_on(s, "v1"));
+    assert_eq!(get(port, "/"), Some((200, "hello from v1".into())));
+    let pid = c.prop("web.service", "MainPID");
+    assert_eq!(c.ok(&["readlink", &format!("/proc/{pid}/cwd")]).trim(), "/srv/web/releases/v1");
+    assert_eq!(c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]).trim(), "www-data");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(port, stop.clone());
+    let mut phases = Vec::new();
+    let mut phase = |name: &'static str, versions: &'static [&'static str], run: &dyn Fn()| {
+        let from = Instant::now();
+        run();
+        // A moment of load on the settled release closes each phase.
+        std::thread::sleep(Duration::from_millis(500));
+        phases.push(Phase { name, from, to: Instant::now(), versions });
+    };
+    phase("warm-up on v1", &["v1"], &|| std::thread::sleep(Duration::from_millis(500)));
+    phase("deploy v2 (healthy)", &["v1", "v2"], &|| {
+        publish(p, port, "v2", 200);
+        wait_status(&c, "v2 to be deployed", |s| settled_on(s, "v2"));
+    });
+    phase("deploy v3 (unhealthy, rolled back to v2)", &["v2", "v3", "v2"], &|| {
+        publish(p, port, "v3", 500);
+        wait_status(&c, "v3 to be rolled back", |s| {
+            settled_on(s, "v2") && s["bad"].as_array().is_some_and(|b| b.iter().any(|b| b["version"] == "v3"))
+        });
+    });
+    phase("manual rollback to v1", &["v2", "v1"], &|| {
+        let o = c.exec(&["switchback", "rollback", "web", "--reason", "zero-downtime test"]);
+        assert_eq!(o.code, 0, "switchback rollback: {o:#?}");
+        wait_status(&c, "the rollback to v1", |s| settled_on(s, "v1"));
+    });
+    stop.store(true, Ordering::Relaxed);
+    let samples: Vec<Sample> = clients.into_iter().flat_map(|h| h.join().unwrap()).collect();
+
+    // The figures, then the verdicts.
+    let mut report = String::new();
+    let mut failures = Vec::new();
+    let mut verdicts = Vec::new();
+    for ph in &phases {
+        let in_phase: Vec<&Sample> = samples.iter().filter(|s| s.start >= ph.from && s.start < ph.to).collect();
+        let failed: Vec<&&Sample> = in_phase.iter().filter(|s| s.result.is_err()).collect();
+        let mut latencies: Vec<Duration> = in_phase.iter().map(|s| s.end - s.start).collect();
+        latencies.sort();
+        // The versions in the order they answered, each run of answers from one version counted once.
+        let mut answers: Vec<(Instant, &str)> =
+            in_phase.iter().filter_map(|s| s.result.as_deref().ok().map(|v| (s.end, v))).collect();
+        answers.sort();
+        let mut seen: Vec<&str> = answers.iter().map(|(_, v)| *v).collect();
+        seen.dedup();
+        report.push_str(&format!(
+            "  {:<42} {:>5} requests in {:>5.1}s, {} failed, p50 {:>6.1?}, p99 {:>6.1?}, max {:>6.1?}, versions {}\n",
+            ph.name,
+            in_phase.len(),
+            (ph.to - ph.from).as_secs_f64(),
+            failed.len(),
+            latencies.first().map_or(Duration::ZERO, |_| percentile(&latencies, 0.5)),
+            latencies.first().map_or(Duration::ZERO, |_| percentile(&latencies, 0.99)),
+            latencies.last().copied().unwrap_or_default(),
+            seen.join(" then "),
+        ));
+        for f in failed {
+            failures.push(format!(
+                "{} at +{:.3}s: {}",
+                ph.name,
+                (f.start - ph.from).as_secs_f64(),
+                f.result.as_ref().unwrap_err()
+            ));
+        }
+        verdicts.push((ph, in_phase.len(), seen.join(" then ")));
+    }
+    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.end - s.start).collect();
+    latencies.sort();
+    eprintln!(
+        "zero-downtime load ({CLIENTS} clients, a new connection per request): {} requests, {} failed, p50 {:.1?}, \
+         max {:.1?}\n{report}",
+        samples.len(),
+        failures.len(),
+        percentile(&latencies, 0.5),
+        latencies.last().unwrap(),
+    );
+    for (ph, n, seen) in verdicts {
+        assert!(n >= MIN_PER_PHASE, "only {n} requests during {}", ph.name);
+        assert_eq!(seen, ph.versions.join(" then "), "the versions that answered during {}, in order", ph.name);
+    }
+    assert!(failures.is_empty(), "{} requests failed:\n  {}\n{report}", failures.len(), failures.join("\n  "));
+
+    // The restarts did happen, each a new process from the new release, and the socket stayed as it was.
+    let journal = c.journal(&["web.service"]);
+    assert_eq!(journal.matches("Started web.service").count(), 5, "v1, v2, v3, v2 again, v1 again: {journal}");
+    let socket = c.journal(&["web.socket"]);
+    assert_eq!(socket.matches("Listening on").count(), 1, "web.socket was never restarted: {socket}");
+    assert_eq!(c.prop("web.service", "NRestarts"), "0");
+    let pid = c.prop("web.service", "MainPID");
+    assert_eq!(c.ok(&["readlink", &format!("/proc/{pid}/cwd")]).trim(), "/srv/web/releases/v1");
+    eprintln!("zero-downtime test took {:?}", started.elapsed());
+}
