@@ -5,6 +5,8 @@
 //!
 //! The service reads its release directory once at start, like real code: `health` holds the status code that
 //! `/healthz` answers, `crash` makes it exit at once, `unhealthy_after` (seconds) makes it turn unhealthy later.
+//! Every other path answers `hello from VERSION`; `/sleep/MS` does so after MS milliseconds (at most 10 s).
+//!
 //! It behaves as an app should for restarts that drop nothing (see `systemd/examples/`): it takes its listening
 //! socket from systemd when given one (socket activation), else binds 127.0.0.1:PORT; on SIGTERM it stops
 //! accepting and answers the requests in flight before it exits; on SIGHUP it does the same, then re-executes
@@ -12,7 +14,6 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,11 +148,14 @@ enum Stop {
     Reexec,
 }
 
-/// The listening socket: the one systemd passes (socket activation: `LISTEN_FDS`, `LISTEN_PID`, fd 3; also what a
-/// re-exec hands itself), else a socket of its own on 127.0.0.1:PORT.
+/// The listening socket: the one systemd passes (socket activation: `LISTEN_FDS`, `LISTEN_PID`, fd 3) or a re-exec
+/// hands itself (the last descriptor `LISTEN_FDS` names), else a socket of its own on 127.0.0.1:PORT.
 fn listener(port: u16) -> anyhow::Result<TcpListener> {
-    if let Some(l) = listenfd::ListenFd::from_env().take_tcp_listener(0).context("taking the socket from systemd")? {
-        return Ok(l);
+    let mut passed = listenfd::ListenFd::from_env();
+    if let Some(last) = passed.len().checked_sub(1) {
+        if let Some(l) = passed.take_tcp_listener(last).context("taking the listening socket passed")? {
+            return Ok(l);
+        }
     }
     // Without one, a restart may race the old instance's exit for the port: retry briefly.
     (0..100)
@@ -225,6 +229,10 @@ async fn answer(stream: tokio::net::TcpStream, release: Arc<Release>) {
         return;
     }
     let path = first.split_whitespace().nth(1).unwrap_or("/");
+    // A request that takes time, as real ones do: a restart must wait for it rather than cut it.
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+    }
     let r = &release;
     let sick = r.unhealthy_after.is_some_and(|d| r.started.elapsed() >= d);
     let (status, body) = match path {
@@ -239,25 +247,17 @@ async fn answer(stream: tokio::net::TcpStream, release: Arc<Release>) {
 }
 
 /// The reload pattern: this process becomes the code `current` names now, in place (same pid, so systemd's
-/// `MainPID` holds), keeping its listening socket. The socket goes to fd 3 without close-on-exec and the new image
-/// takes it as systemd would pass it (`LISTEN_FDS=1`, `LISTEN_PID` = this pid, which exec keeps). The working
-/// directory moves into the new release first (where the unit's `WorkingDirectory=` put the old image), which
-/// also says that the reload is done. Returns only on failure.
+/// `MainPID` holds), keeping its listening socket. The socket keeps its descriptor N, without close-on-exec, and
+/// is named to the new image as systemd names the sockets it passes: `LISTEN_PID` = this pid (exec keeps it),
+/// `LISTEN_FDS` = N - 2, so that N is the last descriptor passed (from systemd, N is 3; a socket the service bound
+/// itself sits above what the runtime opened first). The working directory moves into the new release first
+/// (where the unit's `WorkingDirectory=` put the old image), which also says that the reload is done. Returns
+/// only on failure.
 fn reexec(listener: &TcpListener, dir: &Path) -> anyhow::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let dup;
-    let fd3 = if listener.as_raw_fd() == 3 {
-        listener.as_fd()
-    } else {
-        dup = match rustix::io::fcntl_dupfd_cloexec(listener, 3) {
-            Ok(fd) if fd.as_raw_fd() == 3 => fd,
-            Ok(_) => return anyhow::anyhow!("fd 3 is taken: the socket cannot be handed over"),
-            Err(e) => return anyhow::anyhow!("duplicating the socket: {e}"),
-        };
-        dup.as_fd()
-    };
-    if let Err(e) = rustix::io::fcntl_setfd(fd3, rustix::io::FdFlags::empty()) {
+    let fd = listener.as_raw_fd();
+    if let Err(e) = rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::empty()) {
         return anyhow::anyhow!("keeping the socket across exec: {e}");
     }
     if let Err(e) = std::env::set_current_dir(dir) {
@@ -276,10 +276,11 @@ fn reexec(listener: &TcpListener, dir: &Path) -> anyhow::Error {
     let _ = sd_notify::notify(&reloading);
     let e = std::process::Command::new(&program)
         .args(args)
-        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDS", (fd - 2).to_string())
         .env("LISTEN_PID", rustix::process::getpid().as_raw_nonzero().to_string())
         .env_remove("LISTEN_FDNAMES")
         .exec();
+    let _ = rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::CLOEXEC);
     anyhow::anyhow!("executing {}: {e}", program.display())
 }
 
