@@ -23,6 +23,9 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Concurrent clients, each making one request per connection, one after another with a short pause.
 const CLIENTS: usize = 6;
 const PAUSE: Duration = Duration::from_millis(10);
+/// Of those, clients whose requests take SLOW_MS each (`/sleep/MS`), so that restarts find requests in flight.
+const SLOW_CLIENTS: usize = 2;
+const SLOW_MS: u64 = 200;
 /// A request that has no answer within this is a failure (a timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds of the load, whatever happens: requests per client and the time it may run.
@@ -31,20 +34,22 @@ const MAX_LOAD: Duration = Duration::from_secs(150);
 /// Requests each phase must have had answered, so that a phase without load cannot pass.
 const MIN_PER_PHASE: usize = 100;
 
-/// One request of the load: when it started and ended, and the version that answered or what went wrong.
+/// One request of the load: slow or not, when it started and ended, and the version that answered or what went
+/// wrong.
 struct Sample {
+    slow: bool,
     start: Instant,
     end: Instant,
     result: Result<String, String>,
 }
 
-/// `GET /` on a new connection: the version in `hello from VERSION`, or why it failed (connection refused or
+/// `GET PATH` on a new connection: the version in `hello from VERSION`, or why it failed (connection refused or
 /// reset, a timeout, a status other than 200, an answer cut short).
-fn request(addr: SocketAddr) -> Result<String, String> {
+fn request(addr: SocketAddr, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(REQUEST_TIMEOUT)).map_err(|e| e.to_string())?;
-    write!(s, "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| format!("read: {e}"))?;
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no complete answer: {text:?}"))?;
@@ -59,14 +64,16 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<Sam
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let began = Instant::now();
     (0..CLIENTS)
-        .map(|_| {
+        .map(|i| {
             let stop = stop.clone();
+            let slow = i < SLOW_CLIENTS;
+            let path = if slow { format!("/sleep/{SLOW_MS}") } else { "/".to_owned() };
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) && samples.len() < MAX_PER_CLIENT && began.elapsed() < MAX_LOAD {
                     let start = Instant::now();
-                    let result = request(addr);
-                    samples.push(Sample { start, end: Instant::now(), result });
+                    let result = request(addr, &path);
+                    samples.push(Sample { slow, start, end: Instant::now(), result });
                     std::thread::sleep(PAUSE);
                 }
                 samples
@@ -146,8 +153,41 @@ fn publish(dir: &Path, port: u16, version: &str, health: u16) {
     assert_eq!(o.code, 0, "publish {version}: {o:#?}");
 }
 
+/// Which of the shipped patterns a run boots.
+#[derive(Clone, Copy, PartialEq)]
+enum Pattern {
+    /// `web.socket` + `web.service`: systemd holds the socket, each deploy or rollback restarts the service.
+    Socket,
+    /// `web-reload.service` with `reload = true`: the app holds its socket and re-executes itself on SIGHUP.
+    Reload,
+}
+
 #[test]
 fn socket_activated_app_drops_no_request_through_deploys_and_rollbacks() {
+    let Run { c, first, .. } = &under_load(Pattern::Socket);
+    // Each deploy and rollback restarted the service (a new process from the new release) and the socket stayed.
+    let journal = c.journal(&["web.service"]);
+    assert_eq!(journal.matches("Started web.service").count(), 5, "v1, v2, v3, v2 again, v1 again: {journal}");
+    let socket = c.journal(&["web.socket"]);
+    assert_eq!(socket.matches("Listening on").count(), 1, "web.socket was never restarted: {socket}");
+    assert_eq!(c.prop("web.service", "NRestarts"), "0");
+    assert_ne!(&c.prop("web.service", "MainPID"), first, "a new process");
+}
+
+#[test]
+fn reloaded_app_drops_no_request_through_deploys_and_rollbacks() {
+    let Run { c, first, .. } = &under_load(Pattern::Reload);
+    // Started once (by the first deploy), then each deploy and rollback reloaded it: the same process all along.
+    let journal = c.journal(&["web-reload.service"]);
+    assert_eq!(journal.matches("Started web-reload.service").count(), 1, "{journal}");
+    assert_eq!(journal.matches("Reloaded web-reload.service").count(), 4, "v2, v3, v2 again, v1 again: {journal}");
+    assert_eq!(c.prop("web-reload.service", "NRestarts"), "0");
+    assert_eq!(&c.prop("web-reload.service", "MainPID"), first, "the same process");
+}
+
+/// Boots the pattern's units, deploys v1, then keeps the load on through a healthy deploy (v2), an unhealthy one
+/// (v3, rolled back to v2) and a manual rollback (to v1); asserts that no request failed, prints the figures.
+fn under_load(pattern: Pattern) -> Run {
     let started = Instant::now();
     let rootfs = rootfs();
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +203,10 @@ fn socket_activated_app_drops_no_request_through_deploys_and_rollbacks() {
     assert_eq!(keygen.code, 0, "{keygen:#?}");
     let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
     std::fs::create_dir(p.join("bucket")).unwrap();
+    let service = match pattern {
+        Pattern::Socket => "unit = \"web.service\"",
+        Pattern::Reload => "unit = \"web-reload.service\"\nreload = true",
+    };
     std::fs::write(
         p.join("switchback.toml"),
         format!(
@@ -177,7 +221,7 @@ source = "file:///srv/bucket/web"
 trusted_keys = ["{public}"]
 
 [apps.web.service]
-unit = "web.service"
+{service}
 timeout = "30s"
 
 [[apps.web.checks]]
@@ -193,34 +237,49 @@ deadline = "3s"
         ),
     )
     .unwrap();
-    // The one change to the shipped units, as web.socket says to make it: the socket on a free port.
-    std::fs::create_dir(p.join("web.socket.d")).unwrap();
-    std::fs::write(
-        p.join("web.socket.d/10-test.conf"),
-        format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
-    )
-    .unwrap();
     let examples = Path::new(REPO).join("systemd/examples");
-    let binds = [
+    let mut binds = vec![
         Bind::ro(BIN, "/usr/bin/switchback"),
         Bind::ro(Path::new(REPO).join("systemd/switchback.service"), "/etc/systemd/system/switchback.service"),
-        Bind::ro(examples.join("web.socket"), "/etc/systemd/system/web.socket"),
-        Bind::ro(examples.join("web.service"), "/etc/systemd/system/web.service"),
-        Bind::ro(p.join("web.socket.d"), "/etc/systemd/system/web.socket.d"),
         Bind::ro(p.join("switchback.toml"), "/etc/switchback/switchback.toml"),
         Bind::ro(p.join("bucket"), "/srv/bucket"),
     ];
+    let unit = match pattern {
+        Pattern::Socket => {
+            // The one change to the shipped units, as web.socket says to make it: the socket on a free port.
+            std::fs::create_dir(p.join("web.socket.d")).unwrap();
+            std::fs::write(
+                p.join("web.socket.d/10-test.conf"),
+                format!("[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+            )
+            .unwrap();
+            binds.extend([
+                Bind::ro(examples.join("web.socket"), "/etc/systemd/system/web.socket"),
+                Bind::ro(examples.join("web.service"), "/etc/systemd/system/web.service"),
+                Bind::ro(p.join("web.socket.d"), "/etc/systemd/system/web.socket.d"),
+            ]);
+            "web.service"
+        }
+        // The app binds the port it is given (`bin/web` passes it) and keeps it across its re-executions.
+        Pattern::Reload => {
+            binds.push(Bind::ro(examples.join("web-reload.service"), "/etc/systemd/system/web-reload.service"));
+            "web-reload.service"
+        }
+    };
     let c = Container::boot(&rootfs, &p.join("nspawn.log"), &binds);
-    c.ok(&["systemctl", "start", "web.socket", "switchback.service"]);
-    assert_eq!(c.prop("web.socket", "Listen"), format!("127.0.0.1:{port} (Stream)"));
-    assert_eq!(c.prop("web.service", "KillMode"), "mixed");
+    if pattern == Pattern::Socket {
+        c.ok(&["systemctl", "start", "web.socket"]);
+        assert_eq!(c.prop("web.socket", "Listen"), format!("127.0.0.1:{port} (Stream)"));
+    }
+    c.ok(&["systemctl", "start", "switchback.service"]);
+    assert_eq!(c.prop(unit, "KillMode"), "mixed");
 
     publish(p, port, "v1", 200);
     wait_status(&c, "v1 to be deployed", |s| settled_on(s, "v1"));
     assert_eq!(get(port, "/"), Some((200, "hello from v1".into())));
-    let pid = c.prop("web.service", "MainPID");
-    assert_eq!(c.ok(&["readlink", &format!("/proc/{pid}/cwd")]).trim(), "/srv/web/releases/v1");
-    assert_eq!(c.ok(&["stat", "-c", "%U", &format!("/proc/{pid}")]).trim(), "www-data");
+    let first = c.prop(unit, "MainPID");
+    assert_eq!(c.ok(&["readlink", &format!("/proc/{first}/cwd")]).trim(), "/srv/web/releases/v1");
+    assert_eq!(c.ok(&["stat", "-c", "%U", &format!("/proc/{first}")]).trim(), "www-data");
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(port, stop.clone());
@@ -258,8 +317,9 @@ deadline = "3s"
     for ph in &phases {
         let in_phase: Vec<&Sample> = samples.iter().filter(|s| s.start >= ph.from && s.start < ph.to).collect();
         let failed: Vec<&&Sample> = in_phase.iter().filter(|s| s.result.is_err()).collect();
-        let mut latencies: Vec<Duration> = in_phase.iter().map(|s| s.end - s.start).collect();
+        let mut latencies: Vec<Duration> = in_phase.iter().filter(|s| !s.slow).map(|s| s.end - s.start).collect();
         latencies.sort();
+        let slow: Vec<Duration> = in_phase.iter().filter(|s| s.slow).map(|s| s.end - s.start).collect();
         // The versions in the order they answered, each run of answers from one version counted once.
         let mut answers: Vec<(Instant, &str)> =
             in_phase.iter().filter_map(|s| s.result.as_deref().ok().map(|v| (s.end, v))).collect();
@@ -267,14 +327,17 @@ deadline = "3s"
         let mut seen: Vec<&str> = answers.iter().map(|(_, v)| *v).collect();
         seen.dedup();
         report.push_str(&format!(
-            "  {:<42} {:>5} requests in {:>5.1}s, {} failed, p50 {:>6.1?}, p99 {:>6.1?}, max {:>6.1?}, versions {}\n",
+            "  {:<42} {:>5} requests ({:>2} slow) in {:>4.1}s, {} failed; GET / p50 {:>6.1?}, p99 {:>6.1?}, max \
+             {:>6.1?}; slow max {:>6.1?}; versions {}\n",
             ph.name,
             in_phase.len(),
+            slow.len(),
             (ph.to - ph.from).as_secs_f64(),
             failed.len(),
             latencies.first().map_or(Duration::ZERO, |_| percentile(&latencies, 0.5)),
             latencies.first().map_or(Duration::ZERO, |_| percentile(&latencies, 0.99)),
             latencies.last().copied().unwrap_or_default(),
+            slow.iter().max().copied().unwrap_or_default(),
             seen.join(" then "),
         ));
         for f in failed {
@@ -285,31 +348,35 @@ deadline = "3s"
                 f.result.as_ref().unwrap_err()
             ));
         }
-        verdicts.push((ph, in_phase.len(), seen.join(" then ")));
+        verdicts.push((ph, in_phase.len(), slow.len(), seen.join(" then ")));
     }
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.end - s.start).collect();
+    let mut latencies: Vec<Duration> = samples.iter().filter(|s| !s.slow).map(|s| s.end - s.start).collect();
     latencies.sort();
     eprintln!(
-        "zero-downtime load ({CLIENTS} clients, a new connection per request): {} requests, {} failed, p50 {:.1?}, \
-         max {:.1?}\n{report}",
+        "zero-downtime load on {unit} ({CLIENTS} clients, {SLOW_CLIENTS} of them on /sleep/{SLOW_MS}, a new connection \
+         per request): {} requests, {} failed; GET / p50 {:.1?}, max {:.1?}\n{report}",
         samples.len(),
         failures.len(),
         percentile(&latencies, 0.5),
         latencies.last().unwrap(),
     );
-    for (ph, n, seen) in verdicts {
-        assert!(n >= MIN_PER_PHASE, "only {n} requests during {}", ph.name);
+    for (ph, n, slow, seen) in verdicts {
+        assert!(n >= MIN_PER_PHASE && slow >= 2, "only {n} requests ({slow} slow) during {}", ph.name);
         assert_eq!(seen, ph.versions.join(" then "), "the versions that answered during {}, in order", ph.name);
     }
     assert!(failures.is_empty(), "{} requests failed:\n  {}\n{report}", failures.len(), failures.join("\n  "));
-
-    // The restarts did happen, each a new process from the new release, and the socket stayed as it was.
-    let journal = c.journal(&["web.service"]);
-    assert_eq!(journal.matches("Started web.service").count(), 5, "v1, v2, v3, v2 again, v1 again: {journal}");
-    let socket = c.journal(&["web.socket"]);
-    assert_eq!(socket.matches("Listening on").count(), 1, "web.socket was never restarted: {socket}");
-    assert_eq!(c.prop("web.service", "NRestarts"), "0");
-    let pid = c.prop("web.service", "MainPID");
+    // The process that serves runs from v1's release directory.
+    let pid = c.prop(unit, "MainPID");
     assert_eq!(c.ok(&["readlink", &format!("/proc/{pid}/cwd")]).trim(), "/srv/web/releases/v1");
-    eprintln!("zero-downtime test took {:?}", started.elapsed());
+    eprintln!("zero-downtime test of {unit} took {:?}", started.elapsed());
+    Run { c, _dir: dir, first }
+}
+
+/// What a run leaves for its test to look at.
+struct Run {
+    /// Declared first: stopped before the files bound into it are removed.
+    c: Container,
+    _dir: tempfile::TempDir,
+    /// The app's main pid once v1 was first deployed.
+    first: String,
 }
