@@ -1,11 +1,13 @@
-//! Restarts that drop nothing: the shipped example units `systemd/examples/web.socket` and `web.service` under a
-//! real systemd (a `systemd-nspawn` container, see `nspawn.rs`), with the shipped agent unit deploying the demo
-//! service through them, while the host keeps a steady load on the app: a healthy deploy, an unhealthy deploy
-//! rolled back on its own, and a manual rollback, each a restart (or two) of `web.service`. Not one request may
-//! fail.
+//! Restarts that drop nothing: the shipped example units of `systemd/examples/` under a real systemd (a
+//! `systemd-nspawn` container, see `nspawn.rs`), with the shipped agent unit deploying the demo service through
+//! them, while the host keeps a steady load on the app (some of its requests taking 200 ms, so that restarts find
+//! requests in flight): a healthy deploy, an unhealthy deploy rolled back on its own, and a manual rollback. Not
+//! one request may fail. Two patterns: `web.socket` + `web.service` (systemd holds the socket, each deploy or
+//! rollback restarts the service) and `web-reload.service` with `reload = true` (the app re-executes itself in
+//! place, keeping its socket).
 //!
 //! The example files are bound in as they are; the test changes only what must differ, the way the examples say
-//! to: a drop-in moves the socket to a free port. The releases ship `bin/web` (the unit's `ExecStart=`), a script
+//! to: a drop-in moves the socket to a free port. The releases ship `bin/web` (the units' `ExecStart=`), a script
 //! that executes the demo service (`switchback demo-service serve`) in its place.
 
 use std::io::{Read, Write};
