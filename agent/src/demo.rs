@@ -114,16 +114,23 @@ fn run_service(dir: &Path, port: u16) -> anyhow::Result<()> {
     });
     let mut listener = listener(port)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let mut signals = rt.block_on(async { Signals::new() }).context("handling signals")?;
+    // It runs from its release directory, resolved now: where the unit's `WorkingDirectory=` put it at start, and
+    // after a re-exec the new release, which tells the unit's `ExecReload=` that the new code is in charge (it
+    // handles signals and its socket is ready: connections wait in the backlog until it accepts them).
+    if dir.is_absolute() {
+        std::env::set_current_dir(dir).with_context(|| format!("entering {}", dir.display()))?;
+    }
     // Type=notify units learn here that the service answers (ignored elsewhere: systemd sets NOTIFY_SOCKET only for
     // units that listen to it).
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
-        let (stop, l) = rt.block_on(serve_until_signal(listener, release.clone()))?;
+        let (stop, l) = rt.block_on(serve_until_signal(listener, &mut signals, release.clone()))?;
         match stop {
             Stop::Exit => return Ok(()),
             Stop::Reexec => {
                 // Returns only when the exec failed: the old code serves on rather than leave nobody to.
-                let e = reexec(&l, dir);
+                let e = reexec(&l);
                 eprintln!("demo-service: re-exec failed, {} serves on: {e:#}", release.version);
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
                 listener = l;
@@ -138,6 +145,26 @@ struct Release {
     health: u16,
     unhealthy_after: Option<Duration>,
     started: Instant,
+}
+
+/// The signals that stop the service, handled from its start on (a re-executed image that is not yet handling
+/// SIGHUP would die of one).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Inside the runtime.
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 /// Why the service stopped accepting.
@@ -171,12 +198,13 @@ fn listener(port: u16) -> anyhow::Result<TcpListener> {
 /// Answers each connection on its own task until a signal comes; then stops accepting (connections not yet
 /// accepted wait in the socket's backlog, for whoever holds the socket next) and finishes the requests in flight
 /// (at most 10 s) before returning the socket.
-async fn serve_until_signal(listener: TcpListener, release: Arc<Release>) -> anyhow::Result<(Stop, TcpListener)> {
-    use tokio::signal::unix::{signal, SignalKind};
+async fn serve_until_signal(
+    listener: TcpListener,
+    signals: &mut Signals,
+    release: Arc<Release>,
+) -> anyhow::Result<(Stop, TcpListener)> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let (mut term, mut int, mut hup) =
-        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
     let mut in_flight = tokio::task::JoinSet::new();
     let stop = loop {
         tokio::select! {
@@ -186,9 +214,9 @@ async fn serve_until_signal(listener: TcpListener, release: Arc<Release>) -> any
                 }
             }
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-            _ = term.recv() => break Stop::Exit,
-            _ = int.recv() => break Stop::Exit,
-            _ = hup.recv() => break Stop::Reexec,
+            _ = signals.term.recv() => break Stop::Exit,
+            _ = signals.int.recv() => break Stop::Exit,
+            _ = signals.hup.recv() => break Stop::Reexec,
         }
     };
     let drained =
@@ -250,18 +278,15 @@ async fn answer(stream: tokio::net::TcpStream, release: Arc<Release>) {
 /// `MainPID` holds), keeping its listening socket. The socket keeps its descriptor N, without close-on-exec, and
 /// is named to the new image as systemd names the sockets it passes: `LISTEN_PID` = this pid (exec keeps it),
 /// `LISTEN_FDS` = N - 2, so that N is the last descriptor passed (from systemd, N is 3; a socket the service bound
-/// itself sits above what the runtime opened first). The working directory moves into the new release first
-/// (where the unit's `WorkingDirectory=` put the old image), which also says that the reload is done. Returns
-/// only on failure.
-fn reexec(listener: &TcpListener, dir: &Path) -> anyhow::Error {
+/// itself sits above what the runtime opened first). `dir` is absolute through `current` for this (as the example
+/// unit has it): the new image reads the new release from it, and moves into it once it serves. Returns only on
+/// failure.
+fn reexec(listener: &TcpListener) -> anyhow::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fd = listener.as_raw_fd();
     if let Err(e) = rustix::io::fcntl_setfd(listener, rustix::io::FdFlags::empty()) {
         return anyhow::anyhow!("keeping the socket across exec: {e}");
-    }
-    if let Err(e) = std::env::set_current_dir(dir) {
-        return anyhow::anyhow!("entering {}: {e}", dir.display());
     }
     // The program as the unit named it (a path through `current` finds the new release's), else this binary.
     let mut args = std::env::args_os();
