@@ -39,6 +39,7 @@ const MIN_PER_PHASE: usize = 100;
 /// One request of the load: slow or not, when it started and ended, and the version that answered or what went
 /// wrong.
 struct Sample {
+    client: usize,
     slow: bool,
     start: Instant,
     end: Instant,
@@ -75,7 +76,7 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<Sam
                 while !stop.load(Ordering::Relaxed) && samples.len() < MAX_PER_CLIENT && began.elapsed() < MAX_LOAD {
                     let start = Instant::now();
                     let result = request(addr, &path);
-                    samples.push(Sample { slow, start, end: Instant::now(), result });
+                    samples.push(Sample { client: i, slow, start, end: Instant::now(), result });
                     std::thread::sleep(PAUSE);
                 }
                 samples
@@ -84,8 +85,9 @@ fn load(port: u16, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Vec<Sam
         .collect()
 }
 
-/// A phase of the run: its name, when it started and ended, and the versions that must answer in it, in the
-/// order of their answers (one process stops before the next starts, so they never interleave).
+/// A phase of the run: its name, when it started and ended, and the versions that must answer in it, in order
+/// (one process stops serving before the next starts, so no client gets an answer from a version after one from
+/// a later version).
 struct Phase {
     name: &'static str,
     from: Instant,
@@ -304,12 +306,13 @@ deadline = "3s"
     let mut phases = Vec::new();
     let mut phase = |name: &'static str, versions: &'static [&'static str], run: &dyn Fn()| {
         let from = Instant::now();
+        // A moment of load on the release before the change opens each phase, one on the settled release closes it.
+        std::thread::sleep(Duration::from_millis(300));
         run();
-        // A moment of load on the settled release closes each phase.
         std::thread::sleep(Duration::from_millis(500));
         phases.push(Phase { name, from, to: Instant::now(), versions });
     };
-    phase("warm-up on v1", &["v1"], &|| std::thread::sleep(Duration::from_millis(500)));
+    phase("warm-up on v1", &["v1"], &|| {});
     phase("deploy v2 (healthy)", &["v1", "v2"], &|| {
         publish(p, port, "v2", 200);
         wait_status(&c, "v2 to be deployed", |s| settled_on(s, "v2"));
@@ -338,15 +341,27 @@ deadline = "3s"
         let mut latencies: Vec<Duration> = in_phase.iter().filter(|s| !s.slow).map(|s| s.end - s.start).collect();
         latencies.sort();
         let slow: Vec<Duration> = in_phase.iter().filter(|s| s.slow).map(|s| s.end - s.start).collect();
-        // The versions in the order they answered, each run of answers from one version counted once.
-        let mut answers: Vec<(Instant, &str)> =
-            in_phase.iter().filter_map(|s| s.result.as_deref().ok().map(|v| (s.end, v))).collect();
-        answers.sort();
-        let mut seen: Vec<&str> = answers.iter().map(|(_, v)| *v).collect();
-        seen.dedup();
+        // Each client's answers in its own order (it makes one request after another), each run of answers from
+        // one version counted once. (Answers of different clients are not ordered by when the test saw them: a
+        // client thread may run late.)
+        let mut sequences: Vec<Vec<&str>> = vec![Vec::new(); CLIENTS];
+        for s in &in_phase {
+            if let Ok(v) = s.result.as_deref() {
+                if sequences[s.client].last() != Some(&v) {
+                    sequences[s.client].push(v);
+                }
+            }
+        }
+        let answered: Vec<String> = ph
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| !ph.versions[..*i].contains(v))
+            .map(|(_, v)| format!("{v} {}", in_phase.iter().filter(|s| s.result.as_deref() == Ok(*v)).count()))
+            .collect();
         report.push_str(&format!(
             "  {:<42} {:>5} requests ({:>2} slow) in {:>4.1}s, {} failed; GET / p50 {:>6.1?}, p99 {:>6.1?}, max \
-             {:>6.1?}; slow max {:>6.1?}; versions {}\n",
+             {:>6.1?}; slow max {:>6.1?}; answers {}\n",
             ph.name,
             in_phase.len(),
             slow.len(),
@@ -356,7 +371,7 @@ deadline = "3s"
             latencies.first().map_or(Duration::ZERO, |_| percentile(&latencies, 0.99)),
             latencies.last().copied().unwrap_or_default(),
             slow.iter().max().copied().unwrap_or_default(),
-            seen.join(" then "),
+            answered.join(", "),
         ));
         for f in failed {
             failures.push(format!(
@@ -366,7 +381,7 @@ deadline = "3s"
                 f.result.as_ref().unwrap_err()
             ));
         }
-        verdicts.push((ph, in_phase.len(), slow.len(), seen.join(" then ")));
+        verdicts.push((ph, in_phase.len(), slow.len(), sequences));
     }
     let mut latencies: Vec<Duration> = samples.iter().filter(|s| !s.slow).map(|s| s.end - s.start).collect();
     latencies.sort();
@@ -378,9 +393,22 @@ deadline = "3s"
         percentile(&latencies, 0.5),
         latencies.last().unwrap(),
     );
-    for (ph, n, slow, seen) in verdicts {
+    for (ph, n, slow, sequences) in verdicts {
         assert!(n >= MIN_PER_PHASE && slow >= 2, "only {n} requests ({slow} slow) during {}", ph.name);
-        assert_eq!(seen, ph.versions.join(" then "), "the versions that answered during {}, in order", ph.name);
+        // Every version of the phase answered someone; each client saw them in the phase's order, and the last.
+        for v in ph.versions {
+            assert!(sequences.iter().any(|seq| seq.contains(v)), "{v} never answered during {}", ph.name);
+        }
+        for seq in &sequences {
+            let mut expected = ph.versions.iter();
+            let in_order = seq.iter().all(|v| expected.any(|e| e == v));
+            assert!(
+                in_order && seq.last() == ph.versions.last(),
+                "a client saw {seq:?} during {}, not in the order {:?}",
+                ph.name,
+                ph.versions
+            );
+        }
     }
     assert!(failures.is_empty(), "{} requests failed:\n  {}\n{report}", failures.len(), failures.join("\n  "));
     // The process that serves runs from v1's release directory.
