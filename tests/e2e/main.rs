@@ -23,3 +23,4 @@ mod operations;
 mod reuse;
 mod security;
 mod snapshots;
+mod zero_downtime;

@@ -161,6 +161,7 @@ pub use crate::store::unpack::Limits;
 pub struct ServiceConfig {
     /// systemd unit restarted (or reloaded) with systemctl.
     pub unit: Option<String>,
+    /// `systemctl reload-or-restart` rather than `restart`: reloaded when it runs, started when it does not.
     #[serde(default)]
     pub reload: bool,
     /// Command that restarts the service, for hosts without systemd.

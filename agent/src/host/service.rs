@@ -1,5 +1,6 @@
-//! Restarting the app's service after a switch: a systemd unit (restart or reload with systemctl, then its
-//! `ActiveState`, `NRestarts` and `MainPID` are read back) or a configured command on hosts without systemd.
+//! Restarting the app's service after a switch: a systemd unit (restart, or reload-or-restart, with systemctl,
+//! then its `ActiveState`, `NRestarts` and `MainPID` are read back) or a configured command on hosts without
+//! systemd.
 
 use std::path::Path;
 
@@ -78,7 +79,8 @@ pub fn restart(
         });
     }
     let unit = svc.unit.clone().unwrap_or_default();
-    let verb = if svc.reload { "reload" } else { "restart" };
+    // A unit that is not running (the first deploy, or a release that died) cannot be reloaded: it is started.
+    let verb = if svc.reload { "reload-or-restart" } else { "restart" };
     let argv = vec!["systemctl".to_owned(), verb.to_owned(), unit.clone()];
     let done = command::run_at(
         &argv,
