@@ -192,10 +192,25 @@ impl Fleet {
         (out.json(), took)
     }
 
-    /// The hosts' reports, by host, as the bucket holds them (read by the test itself).
+    /// The hosts' reports, by host, as the bucket holds them. A report that could not be read this time (a GET
+    /// that timed out on a loaded machine: `fleet status` lists it as unreadable) is read again.
     fn reports(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let (s, _) = self.fleet_status();
-        s["reports"].as_array().unwrap().iter().map(|r| (r["host"].as_str().unwrap().to_owned(), r.clone())).collect()
+        let mut tries = 0;
+        loop {
+            let (s, _) = self.fleet_status();
+            let unreadable = s["unreadable"].as_array().map_or(0, Vec::len);
+            tries += 1;
+            if unreadable == 0 || tries == 10 {
+                assert_eq!(unreadable, 0, "reports still unreadable after {tries} reads: {:#}", s["unreadable"]);
+                return s["reports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r["host"].as_str().unwrap().to_owned(), r.clone()))
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// Waits until the reports satisfy `f`, reading them at most once per poll interval (each read lists and
@@ -330,7 +345,7 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
         );
     }
     fleet.wait_reports("the others to report that they wait", settle, |r| {
-        ids.iter().filter(|h| !first.contains(h)).all(|h| r[*h]["outcome"] == "waiting" && r[*h]["version"] == "2.0.0")
+        ids.iter().filter(|h| !first.contains(h)).all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "waiting" && r["version"] == "2.0.0"))
     });
     let (s, took) = fleet.fleet_status();
     println!("fleet status with {n} hosts: {} ms", took.as_millis());
@@ -370,7 +385,7 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
     // A host of the first wave that comes to it late may find the threshold reached already: halted too.
     let settled =
         |r: &serde_json::Value| r["version"] == "3.0.0" && (r["outcome"] == "rolled-back" || r["outcome"] == "halted");
-    fleet.wait_reports("the first wave's failures reported", delay + settle, |r| first.iter().all(|h| settled(&r[*h])));
+    fleet.wait_reports("the first wave's failures reported", delay + settle, |r| first.iter().all(|h| r.get(*h).is_some_and(settled)));
     let reports = fleet.reports();
     let failed: Vec<&str> = first.iter().copied().filter(|h| reports[*h]["outcome"] == "rolled-back").collect();
     assert!(failed.len() >= threshold, "{failed:?} of the first wave {first:?} failed");
@@ -382,7 +397,7 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
     let (s, _) = fleet.fleet_status();
     let wave2 = rfc3339(s["published_at"].as_str().unwrap()) + delay.as_secs_f64();
     fleet.wait_reports("every other host halted", delay + settle, |r| {
-        ids.iter().filter(|h| !first.contains(h)).all(|h| r[*h]["outcome"] == "halted" && r[*h]["version"] == "3.0.0")
+        ids.iter().filter(|h| !first.contains(h)).all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "halted" && r["version"] == "3.0.0"))
     });
     let reports = fleet.reports();
     let last_halt = ids
