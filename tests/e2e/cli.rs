@@ -270,14 +270,31 @@ fn help_lists_the_exit_codes_and_readme_agrees() {
     }
 }
 
+/// The packaged configuration (the Debian package's conffile) is valid as shipped, with no app, and so is its
+/// commented example app once uncommented.
 #[test]
 fn the_packaged_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/switchback.toml");
     let text = std::fs::read_to_string(example).unwrap();
-    // The example names www-data, which a minimal machine may lack: check it with root as the owner.
     let h = Host::new();
-    std::fs::write(&h.config, text.replace("owner = \"www-data\"", "owner = \"root\"")).unwrap();
-    h.run(&["config", "check"]).expect(0);
+    std::fs::write(&h.config, &text).unwrap();
+    let out = h.run(&["--json", "config", "check"]);
+    out.expect(0);
+    assert_eq!(out.json()["apps"], serde_json::json!([]), "the shipped file configures no app");
+
+    // Uncommented: one `# ` off every line from `# [apps.web]` on (`# # ...` lines stay comments).
+    let start = text.find("# [apps.web]").expect("the example app");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')).unwrap_or(l).to_owned() + "\n")
+        .collect();
+    // The example names www-data, which a minimal machine may lack: check it with root as the owner.
+    let config = format!("{}{uncommented}", &text[..start]).replace("owner = \"www-data\"", "owner = \"root\"");
+    assert!(config.contains("\n[apps.web]\n") && config.contains("\n[[apps.web.checks]] "), "{config}");
+    std::fs::write(&h.config, config).unwrap();
+    let out = h.run(&["--json", "config", "check"]);
+    out.expect(0);
+    assert_eq!(out.json()["apps"], serde_json::json!(["web"]));
 }
 
 /// `systemd-analyze verify` accepts the agent's unit (with ExecStart pointing at the built binary: verify checks
