@@ -298,7 +298,8 @@ fn the_packaged_example_config_is_valid() {
 }
 
 /// `systemd-analyze verify` accepts the agent's unit (with ExecStart pointing at the built binary: verify checks
-/// that it exists). It exits 0 on mere warnings, so any output on stderr fails the test too.
+/// that it exists, and, where man is installed, that its Documentation= pages open: those the binary generates).
+/// It exits 0 on mere warnings, so any output on stderr fails the test too.
 #[test]
 fn the_agent_unit_file_verifies() {
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/switchback.service")).unwrap();
@@ -307,7 +308,21 @@ fn the_agent_unit_file_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("switchback.service");
     std::fs::write(&copy, unit.replace("/usr/bin/switchback", BIN)).unwrap();
-    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    std::process::Command::new(BIN)
+        .args(["--quiet", "manpages", "--dir"])
+        .arg(&man1)
+        .output()
+        .map(Out::from)
+        .unwrap()
+        .expect(0);
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
     // The agent needs root and writes app roots, but its exposure stays at or below 7 of 10 (6.9 when written;
