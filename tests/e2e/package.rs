@@ -189,6 +189,16 @@ fn the_package_holds_the_binary_unit_config_docs_and_completions() {
     // The files themselves: the unit and the configuration as in the repository, the binary this version.
     let root = dir.path().join("root");
     run(Command::new("dpkg-deb").arg("--extract").arg(&deb).arg(&root));
+    // md5sums (what `dpkg --verify` checks) lists every regular file, with its sum.
+    let md5sums = std::fs::read_to_string(control.join("md5sums")).expect("the package has an md5sums file");
+    let mut listed: Vec<String> = md5sums.lines().map(|l| format!("./{}", l.split_once("  ").unwrap().1)).collect();
+    listed.sort();
+    let files: Vec<String> = entries.iter().filter(|(_, e)| e.mode.starts_with('-')).map(|(p, _)| p.clone()).collect();
+    assert_eq!(listed, files, "md5sums lists every file of the package");
+    run(Command::new("md5sum")
+        .args(["--check", "--quiet", "--strict"])
+        .arg(control.join("md5sums"))
+        .current_dir(&root));
     let shipped = |p: &str| std::fs::read(root.join(p.trim_start_matches("./"))).unwrap();
     assert_eq!(shipped(&unit), std::fs::read(Path::new(REPO).join("systemd/switchback.service")).unwrap());
     assert_eq!(
@@ -280,6 +290,12 @@ fn the_man_pages_and_completions_are_generated_from_the_command_line() {
             std::fs::read_to_string(fresh.path().join(name)).unwrap(),
             "{name} differs from what this build generates: rebuild the package (packaging/build-deb)"
         );
+    }
+
+    // man finds the pages in the package's tree, as it will once installed (the unit's Documentation= names one).
+    for page in ["switchback", "switchback-deploy", "switchback-fleet-status"] {
+        let found = run(Command::new("man").arg("-w").arg(page).env("MANPATH", root.join("usr/share/man"))).stdout;
+        assert_eq!(Path::new(found.trim()), man1.join(format!("{page}.1.gz")), "man -w {page}");
     }
 
     // switchback(1) renders (groff, as man does) without a warning, with its sections and every command.
@@ -451,6 +467,11 @@ deadline = "3s"
     assert_eq!(c.ok(&["stat", "-c", "%a %U:%G", "/var/lib/switchback"]).trim(), "700 root:root");
     assert_eq!(c.ok(&["switchback", "--version"]).trim(), format!("switchback {}", env!("CARGO_PKG_VERSION")));
     c.ok(&["test", "-s", "/usr/share/man/man1/switchback.1.gz"]);
+    let verify = c.exec(&["dpkg", "--verify", "switchback"]);
+    assert!(verify.code == 0 && verify.stdout.is_empty(), "dpkg --verify after install: {verify:#?}");
+    // (The container has no man(1): the Documentation= page is opened on the host, from the package's tree.)
+    let analyze = c.exec(&["systemd-analyze", "verify", "--man=no", "switchback.service"]);
+    assert!(analyze.code == 0 && analyze.stderr.trim().is_empty(), "systemd-analyze verify: {analyze:#?}");
     assert!(c.ok(&["systemctl", "show", "-p", "Documentation", "switchback.service"]).contains("man:switchback(1)"));
 
     // Started on the shipped configuration (no app): ready, and saying it idles.
