@@ -119,6 +119,8 @@ fn the_package_holds_the_binary_unit_config_docs_and_completions() {
     assert_eq!(field("Section"), "admin");
     assert_eq!(field("Priority"), "optional");
     assert!(field("Depends").contains("libc6"), "the binary's shared library dependencies: {info}");
+    // TLS to the buckets verifies against the system's trust store.
+    assert!(field("Recommends").split(", ").any(|r| r == "ca-certificates"), "{info}");
     assert!(field("Maintainer").contains('<'), "{info}");
     assert!(!field("Description").is_empty());
     let words = info.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -490,7 +492,10 @@ deadline = "3s"
     });
     publish("1.0.0", 200);
     wait_status("1.0.0 to be deployed", &|s| {
-        s["current"] == "1.0.0" && s["in_flight"].is_null() && s["last_health"]["healthy"] == true
+        s["current"] == "1.0.0"
+            && s["in_flight"].is_null()
+            && s["last_health"]["version"] == "1.0.0"
+            && s["last_health"]["healthy"] == true
     });
     serving("1.0.0");
 
@@ -503,8 +508,12 @@ deadline = "3s"
 
     // A release that fails its health check is rolled back, and marked bad.
     publish("2.0.0", 500);
-    let s = wait_status("2.0.0 to be marked bad", &|s| {
+    // (Waiting also for the way back to finish: 1.0.0 restarted and checked again.)
+    let s = wait_status("2.0.0 to be marked bad and 1.0.0 checked again", &|s| {
         s["bad"].as_array().is_some_and(|b| b.iter().any(|b| b["version"] == "2.0.0"))
+            && s["in_flight"].is_null()
+            && s["last_health"]["version"] == "1.0.0"
+            && s["last_health"]["healthy"] == true
     });
     assert_eq!(s["current"], "1.0.0", "{s:#}");
     serving("1.0.0");
