@@ -339,7 +339,7 @@ fn the_man_pages_and_completions_are_generated_from_the_command_line() {
 /// groff's terminal output with bold and underline (character, backspace, character) and SGR escapes removed.
 fn strip_overstrike(s: &str) -> String {
     let mut out: Vec<char> = Vec::new();
-    let mut chars = s.chars().peekable();
+    let mut chars = s.chars();
     while let Some(c) = chars.next() {
         match c {
             '\u{8}' => {
@@ -360,8 +360,9 @@ fn strip_overstrike(s: &str) -> String {
 
 /// The package installed with dpkg on a fresh Debian root file system under systemd: enabled and not started;
 /// started on the shipped configuration, it idles; configured (an app following a file:// bucket, restarted with
-/// systemctl), it deploys, rolls a failing release back, and rolls back by hand; removed, it keeps the
-/// configuration and the state; purged, it leaves neither (nor touches the app's root).
+/// systemctl), it deploys, rolls a failing release back, and rolls back by hand; installed over itself, the
+/// running agent restarts; removed, it keeps the configuration and the state; purged, it leaves neither (nor
+/// touches the app's root).
 #[test]
 fn the_package_installs_runs_the_agent_and_purges_cleanly() {
     let started = Instant::now();
