@@ -270,18 +270,36 @@ fn help_lists_the_exit_codes_and_readme_agrees() {
     }
 }
 
+/// The packaged configuration (the Debian package's conffile) is valid as shipped, with no app, and so is its
+/// commented example app once uncommented.
 #[test]
 fn the_packaged_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/switchback.toml");
     let text = std::fs::read_to_string(example).unwrap();
-    // The example names www-data, which a minimal machine may lack: check it with root as the owner.
     let h = Host::new();
-    std::fs::write(&h.config, text.replace("owner = \"www-data\"", "owner = \"root\"")).unwrap();
-    h.run(&["config", "check"]).expect(0);
+    std::fs::write(&h.config, &text).unwrap();
+    let out = h.run(&["--json", "config", "check"]);
+    out.expect(0);
+    assert_eq!(out.json()["apps"], serde_json::json!([]), "the shipped file configures no app");
+
+    // Uncommented: one `# ` off every line from `# [apps.web]` on (`# # ...` lines stay comments).
+    let start = text.find("# [apps.web]").expect("the example app");
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')).unwrap_or(l).to_owned() + "\n")
+        .collect();
+    // The example names www-data, which a minimal machine may lack: check it with root as the owner.
+    let config = format!("{}{uncommented}", &text[..start]).replace("owner = \"www-data\"", "owner = \"root\"");
+    assert!(config.contains("\n[apps.web]\n") && config.contains("\n[[apps.web.checks]] "), "{config}");
+    std::fs::write(&h.config, config).unwrap();
+    let out = h.run(&["--json", "config", "check"]);
+    out.expect(0);
+    assert_eq!(out.json()["apps"], serde_json::json!(["web"]));
 }
 
 /// `systemd-analyze verify` accepts the agent's unit (with ExecStart pointing at the built binary: verify checks
-/// that it exists). It exits 0 on mere warnings, so any output on stderr fails the test too.
+/// that it exists, and, where man is installed, that its Documentation= pages open: those the binary generates).
+/// It exits 0 on mere warnings, so any output on stderr fails the test too.
 #[test]
 fn the_agent_unit_file_verifies() {
     let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/switchback.service")).unwrap();
@@ -290,7 +308,21 @@ fn the_agent_unit_file_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("switchback.service");
     std::fs::write(&copy, unit.replace("/usr/bin/switchback", BIN)).unwrap();
-    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    std::process::Command::new(BIN)
+        .args(["--quiet", "manpages", "--dir"])
+        .arg(&man1)
+        .output()
+        .map(Out::from)
+        .unwrap()
+        .expect(0);
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("MANPATH", dir.path().join("man"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
     // The agent needs root and writes app roots, but its exposure stays at or below 7 of 10 (6.9 when written;

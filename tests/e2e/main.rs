@@ -20,6 +20,7 @@ mod memory;
 mod metrics;
 mod nspawn;
 mod operations;
+mod package;
 mod reuse;
 mod security;
 mod snapshots;

@@ -10,7 +10,7 @@ use crate::harness::*;
 #[rustfmt::skip]
 const COMMANDS: &[&str] = &[
     "daemon", "deploy", "rollback", "status", "releases", "history", "report", "pin", "unpin", "clear", "prune",
-    "check", "keygen", "publish", "fleet", "fleet status", "config", "demo",
+    "check", "keygen", "publish", "fleet", "fleet status", "config", "completions", "demo",
 ];
 
 fn snapshot(name: &str, actual: &str) {

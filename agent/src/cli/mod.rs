@@ -2,6 +2,7 @@
 //! rendered on stdout for people (progress goes to stderr) or, with `--json`, as one JSON document with a
 //! `schema` number.
 
+pub mod docs;
 mod entry;
 mod report;
 
@@ -9,6 +10,7 @@ pub use report::Report;
 
 pub use entry::{finish, init_logging, parse};
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,24 +52,30 @@ pub enum Command {
     Daemon,
     /// Deploy VERSION now and wait for the outcome: from --file, from disk, or from the app's source
     Deploy {
+        /// The app, as named in the configuration
         app: String,
         /// The release archive (.tar.zst); without it the release must be on disk or named by the app's signed
         /// channel manifest
         #[arg(long, value_name = "ARCHIVE")]
         file: Option<PathBuf>,
+        /// The release's version
         #[arg(long)]
         version: String,
         /// Deploy even a version marked bad, while the app is pinned, or of a lower epoch than the current release
         #[arg(long)]
         force: bool,
+        /// Why (recorded in history)
         #[arg(long)]
         reason: Option<String>,
     },
     /// Switch to the last good (or the named) release, restart and check
     Rollback {
+        /// The app, as named in the configuration
         app: String,
+        /// The release to go to, instead of the last good one
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+        /// Why (recorded in history)
         #[arg(long)]
         reason: Option<String>,
         /// Roll back to a version marked bad, away from a pin, or to a lower epoch (across a schema migration)
@@ -75,11 +83,18 @@ pub enum Command {
         force: bool,
     },
     /// Current, last good, health and in-flight work of one app or all
-    Status { app: Option<String> },
+    Status {
+        /// The app, as named in the configuration; every app without it
+        app: Option<String>,
+    },
     /// Releases on disk
-    Releases { app: String },
+    Releases {
+        /// The app, as named in the configuration
+        app: String,
+    },
     /// What happened to an app (history.jsonl)
     History {
+        /// The app, as named in the configuration
         app: String,
         /// Only the last N events
         #[arg(long)]
@@ -87,6 +102,7 @@ pub enum Command {
     },
     /// Delivery figures from history: deployment frequency, change failure rate, time to restore
     Report {
+        /// The app, as named in the configuration
         app: String,
         /// The window, ending now
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -94,8 +110,11 @@ pub enum Command {
     },
     /// Hold an app on a version (switching to it first, restarted and checked, if it runs another)
     Pin {
+        /// The app, as named in the configuration
         app: String,
+        /// The version to hold the app on
         version: String,
+        /// Why (recorded in history)
         #[arg(long)]
         reason: Option<String>,
         /// Pin even a version marked bad, or of a lower epoch than the current release
@@ -103,9 +122,13 @@ pub enum Command {
         force: bool,
     },
     /// Release a pin
-    Unpin { app: String },
+    Unpin {
+        /// The app, as named in the configuration
+        app: String,
+    },
     /// Clear what only a person may clear: the degraded state (after a failed rollback), and bad marks
     Clear {
+        /// The app, as named in the configuration
         app: String,
         /// Also clear this version's bad mark (repeatable)
         #[arg(long = "bad", value_name = "VERSION")]
@@ -119,14 +142,20 @@ pub enum Command {
     },
     /// Remove old releases (never the current, last good or pinned one)
     Prune {
+        /// The app, as named in the configuration
         app: String,
+        /// Releases to keep [default: the app's `keep`]
         #[arg(long)]
         keep: Option<usize>,
     },
     /// Run the health checks against the current release now
-    Check { app: String },
+    Check {
+        /// The app, as named in the configuration
+        app: String,
+    },
     /// Write a minisign key pair for signing manifests: PREFIX.key (no password, for CI) and PREFIX.pub
     Keygen {
+        /// Where to write the keys: PREFIX.key and PREFIX.pub
         #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
@@ -142,6 +171,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print a completion script for SHELL on stdout (the Debian package installs bash, zsh and fish ones)
+    Completions {
+        /// The shell
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
     /// A self-contained walkthrough in a temporary directory: deploy, a failed health check, automatic rollback
     Demo {
         /// Keep the temporary directory for inspection
@@ -151,6 +186,12 @@ pub enum Command {
     /// The demo's tiny HTTP service (used by `demo` and the tests)
     #[command(hide = true)]
     DemoService(crate::demo::ServiceArgs),
+    /// Write the man pages into DIR: switchback.1 and one per command (switchback-deploy.1, ...), for packaging
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,10 +199,13 @@ pub struct PublishArgs {
     /// The bucket base, e.g. s3://bucket/deploy (the app's files go under BASE/APP/)
     #[arg(long, value_name = "BASE")]
     to: String,
+    /// The app (its files go under BASE/APP/)
     #[arg(long)]
     app: String,
+    /// The channel to point at the release (BASE/APP/channels/CHANNEL.json)
     #[arg(long)]
     channel: String,
+    /// The release's version
     #[arg(long)]
     version: String,
     /// The secret key written by `switchback keygen`
@@ -182,6 +226,7 @@ pub struct PublishArgs {
     /// Endpoint of an S3-compatible or Azure blob service (as the app's `endpoint`)
     #[arg(long)]
     endpoint: Option<String>,
+    /// The region of an S3 bucket
     #[arg(long)]
     region: Option<String>,
     /// Allow a plain-http endpoint
@@ -218,6 +263,7 @@ pub struct FleetStatusArgs {
     /// The app whose channel and host reports to read (BASE/APP/...)
     #[arg(long)]
     app: String,
+    /// The channel whose manifest to read
     #[arg(long, default_value = "production")]
     channel: String,
     /// A host whose last report is older than this is stale (hosts write theirs at least hourly)
@@ -229,6 +275,7 @@ pub struct FleetStatusArgs {
     /// Endpoint of an S3-compatible or Azure blob service
     #[arg(long)]
     endpoint: Option<String>,
+    /// The region of an S3 bucket
     #[arg(long)]
     region: Option<String>,
     /// Allow a plain-http endpoint
@@ -266,6 +313,16 @@ pub fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
     if let Command::Daemon = cli.command {
         return crate::daemon::run(&config_path(&cli), rt);
     }
+    if let Command::Completions { shell } = cli.command {
+        // A shell script, not a report: there is no JSON form of it.
+        if cli.json {
+            return Err(Error::Usage("completions prints a shell script; --json does not apply".into()).into());
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&docs::completions(shell))?;
+        out.flush()?;
+        return Ok(exit::SUCCESS);
+    }
     let report = execute(&cli, rt)?;
     report.render(&mut std::io::stdout(), cli.json)?;
     if let Report::Checked { failed: Some(e), .. } = &report {
@@ -283,7 +340,19 @@ pub fn execute(cli: &Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<Report
         );
     let app = |name: &str| -> anyhow::Result<App> { App::from_config(&load_config(cli)?, name) };
     Ok(match &cli.command {
-        Command::Daemon => anyhow::bail!("the daemon is run by `run`, not as a command with a report"),
+        Command::Daemon | Command::Completions { .. } => {
+            anyhow::bail!("the daemon and completions are run by `run`, not as commands with a report")
+        }
+        Command::Manpages { dir } => {
+            for page in
+                docs::manpages(dir).map_err(|e| anyhow::anyhow!("writing the man pages into {}: {e}", dir.display()))?
+            {
+                if print {
+                    crate::base::progress::note!("wrote {}", page.display());
+                }
+            }
+            Report::Done
+        }
         Command::Keygen { out } => {
             Report::Keygen { public_key: crate::source::manifest::keygen(out)?, prefix: out.clone() }
         }

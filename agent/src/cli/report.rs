@@ -227,6 +227,9 @@ impl Report {
                 }
                 Ok(())
             }
+            Report::ConfigChecked { path, apps } if apps.is_empty() => {
+                writeln!(w, "{}: ok (no app configured: the daemon would idle)", path.display())
+            }
             Report::ConfigChecked { path, apps } => {
                 writeln!(w, "{}: ok ({} app(s): {})", path.display(), apps.len(), apps.join(", "))
             }

@@ -107,6 +107,9 @@ async fn serve(config_path: PathBuf, config: Config) -> anyhow::Result<u8> {
         humantime::format_duration(config.agent.poll_interval),
         watchdog.map_or("off".to_owned(), |d| humantime::format_duration(d).to_string())
     );
+    if config.apps.is_empty() {
+        tracing::warn!("{}", idle_line(&config_path));
+    }
     notify(&[NotifyState::Status("reconciling")]);
 
     let (ready_tx, mut ready_rx) = mpsc::channel::<()>(64);
@@ -248,12 +251,27 @@ fn reload(
             }
             metrics::set_apps(&config);
             tracing::info!("configuration reloaded: {} app(s)", config.apps.len());
+            if config.apps.is_empty() {
+                tracing::warn!("{}", idle_line(path));
+            }
         }
     }
     notify(&[NotifyState::Ready]);
 }
 
+/// What an agent with no app says (the packaged configuration has none): it runs, and does nothing until apps
+/// are configured and the configuration reloaded.
+fn idle_line(config_path: &Path) -> String {
+    format!(
+        "no apps configured in {}: idle until one is added and the configuration reloaded (systemctl reload switchback)",
+        config_path.display()
+    )
+}
+
 fn status_line(handles: &BTreeMap<String, Handle>) -> String {
+    if handles.is_empty() {
+        return "idle: no apps configured".to_owned();
+    }
     handles.values().map(|h| format!("{} {}", h.worker.app, h.worker.activity())).collect::<Vec<_>>().join("; ")
 }
 
