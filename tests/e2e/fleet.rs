@@ -345,7 +345,9 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
         );
     }
     fleet.wait_reports("the others to report that they wait", settle, |r| {
-        ids.iter().filter(|h| !first.contains(h)).all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "waiting" && r["version"] == "2.0.0"))
+        ids.iter()
+            .filter(|h| !first.contains(h))
+            .all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "waiting" && r["version"] == "2.0.0"))
     });
     let (s, took) = fleet.fleet_status();
     println!("fleet status with {n} hosts: {} ms", took.as_millis());
@@ -385,7 +387,9 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
     // A host of the first wave that comes to it late may find the threshold reached already: halted too.
     let settled =
         |r: &serde_json::Value| r["version"] == "3.0.0" && (r["outcome"] == "rolled-back" || r["outcome"] == "halted");
-    fleet.wait_reports("the first wave's failures reported", delay + settle, |r| first.iter().all(|h| r.get(*h).is_some_and(settled)));
+    fleet.wait_reports("the first wave's failures reported", delay + settle, |r| {
+        first.iter().all(|h| r.get(*h).is_some_and(settled))
+    });
     let reports = fleet.reports();
     let failed: Vec<&str> = first.iter().copied().filter(|h| reports[*h]["outcome"] == "rolled-back").collect();
     assert!(failed.len() >= threshold, "{failed:?} of the first wave {first:?} failed");
@@ -397,7 +401,9 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
     let (s, _) = fleet.fleet_status();
     let wave2 = rfc3339(s["published_at"].as_str().unwrap()) + delay.as_secs_f64();
     fleet.wait_reports("every other host halted", delay + settle, |r| {
-        ids.iter().filter(|h| !first.contains(h)).all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "halted" && r["version"] == "3.0.0"))
+        ids.iter()
+            .filter(|h| !first.contains(h))
+            .all(|h| r.get(*h).is_some_and(|r| r["outcome"] == "halted" && r["version"] == "3.0.0"))
     });
     let reports = fleet.reports();
     let last_halt = ids
