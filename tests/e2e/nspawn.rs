@@ -245,6 +245,19 @@ fn subtree(root: &Path) -> Vec<PathBuf> {
     all
 }
 
+/// Writes a key pair `DIR/signing.key` and `DIR/signing.pub` for publishing to a test's bucket; its public key.
+pub(crate) fn signing_key(dir: &Path) -> String {
+    let keygen = Command::new(BIN)
+        .args(["keygen", "--json", "--out"])
+        .arg(dir.join("signing"))
+        .env_remove("SWITCHBACK_CONFIG")
+        .output()
+        .map(Out::from)
+        .unwrap();
+    assert_eq!(keygen.code, 0, "{keygen:#?}");
+    keygen.json()["public_key"].as_str().unwrap().to_owned()
+}
+
 /// GET a path from the app on loopback: (status, body), or None when nothing answers.
 pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -272,15 +285,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         let port = free_port();
-        let keygen = Command::new(BIN)
-            .args(["keygen", "--json", "--out"])
-            .arg(p.join("signing"))
-            .env_remove("SWITCHBACK_CONFIG")
-            .output()
-            .map(Out::from)
-            .unwrap();
-        assert_eq!(keygen.code, 0, "{keygen:#?}");
-        let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
+        let public = signing_key(p);
         std::fs::create_dir(p.join("bucket")).unwrap();
         std::fs::create_dir(p.join("switchback.service.d")).unwrap();
         for (name, text) in dropins {

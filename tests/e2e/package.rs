@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::bucket::wait_for;
 use crate::harness::{free_port, Out, BIN};
-use crate::nspawn::{get, rootfs, Bind, Container};
+use crate::nspawn::{get, rootfs, signing_key, Bind, Container};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -371,8 +371,7 @@ fn the_package_installs_runs_the_agent_and_purges_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let port = free_port();
-    let keygen = run(Command::new(BIN).args(["keygen", "--json", "--out"]).arg(p.join("signing")));
-    let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
+    let public = signing_key(p);
     std::fs::create_dir(p.join("bucket")).unwrap();
     std::fs::write(
         p.join("app.toml"),

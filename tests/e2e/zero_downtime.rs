@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{free_port, Out, BIN};
-use crate::nspawn::{get, rootfs, Bind, Container};
+use crate::nspawn::{get, rootfs, signing_key, Bind, Container};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Concurrent clients, each making one request per connection, one after another with a short pause.
@@ -213,15 +213,7 @@ fn under_load(pattern: Pattern) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     let port = free_port();
-    let keygen = Command::new(BIN)
-        .args(["keygen", "--json", "--out"])
-        .arg(p.join("signing"))
-        .env_remove("SWITCHBACK_CONFIG")
-        .output()
-        .map(Out::from)
-        .unwrap();
-    assert_eq!(keygen.code, 0, "{keygen:#?}");
-    let public = keygen.json()["public_key"].as_str().unwrap().to_owned();
+    let public = signing_key(p);
     std::fs::create_dir(p.join("bucket")).unwrap();
     let service = match pattern {
         Pattern::Socket => "unit = \"web.service\"",
