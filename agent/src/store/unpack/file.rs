@@ -1,8 +1,9 @@
 //! A regular file of the archive: written into staging (created with `O_EXCL`, never through a link), hashed as
 //! it is written, given its owner and sanitized mode; or, when a release on disk holds the same content with the
 //! same mode and owner, shared with it (see [`crate::store::reuse`]) instead of written. A small file is read
-//! whole first, so that a shared one costs no new inode; a large one is written as it streams and replaced by the
-//! shared file afterwards when one matches (the disk is spared, the write is not).
+//! whole first, so that a shared one costs no new inode, and one to write is handed to the writing threads
+//! ([`super::writers`]); a large one is written here as it streams, and replaced by the shared file afterwards
+//! when one matches (the disk is spared, the write is not).
 
 use std::io;
 
@@ -12,6 +13,7 @@ use sha2::Digest;
 use super::error::Here;
 use super::format::{Blocks, DataError};
 use super::tree::file_mode;
+use super::writers::Job;
 use super::{short, Refusal, UnpackError, Unpacker};
 use crate::base::fsutil::open_beneath;
 
@@ -39,38 +41,45 @@ impl Unpacker<'_> {
             DataError::Sink(e) => here.write(e),
         };
         if replaces {
+            // The earlier file of that name may still be in flight.
+            self.writers.drain(&mut self.report.hashes)?;
             let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
             rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| here.write(e.into()))?;
         }
-        let whole = !self.donors.is_empty() && size <= READ_WHOLE;
-        if whole {
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.clear();
+        if size <= READ_WHOLE {
+            let mut buf = self.writers.buffer();
             blocks
                 .data(size, &mut |chunk| {
                     buf.extend_from_slice(chunk);
                     Ok(())
                 })
                 .map_err(read_error)?;
-            let hash: [u8; 32] = sha2::Sha256::digest(&buf).into();
-            let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
-            let shared = self.donors.share(size, &hash, final_mode, dir, name).map_err(|e| here.write(e))?;
-            let ino = match shared {
-                Some((_, ino)) => {
+            // With releases to share with, the content is looked up first (a shared file costs a link and no new
+            // inode); otherwise the writer hashes it.
+            let mut hash = None;
+            if !self.donors.is_empty() {
+                let h: [u8; 32] = sha2::Sha256::digest(&buf).into();
+                let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
+                if let Some((_, ino)) = self.donors.share(size, &h, final_mode, dir, name).map_err(|e| here.write(e))? {
                     self.report.reused += 1;
                     self.report.reused_bytes += size;
-                    ino
+                    self.report.hashes.insert(ino, h);
+                    return Ok(());
                 }
-                None => {
-                    let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
-                    let file = create(dir, name, here)?;
-                    io::Write::write_all(&mut &file, &buf).map_err(|e| here.write(e))?;
-                    finish(&file, final_mode, group, here)?
-                }
+                hash = Some(h);
+            }
+            let dir = self.tree.dir_handle(parent).map_err(|e| here.write(e))?;
+            let job = Job {
+                dir,
+                name: name.to_vec(),
+                data: buf,
+                hash,
+                mode: final_mode,
+                group,
+                path: here.path.unwrap_or_default().to_vec(),
+                offset: here.offset.unwrap_or_default(),
             };
-            self.report.hashes.insert(ino, hash);
-            self.buf = buf;
-            return Ok(());
+            return self.writers.submit(job, &mut self.report.hashes);
         }
         let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
         let file = create(dir, name, here)?;
@@ -120,6 +129,9 @@ impl Unpacker<'_> {
         mode: u32,
         replaces: bool,
     ) -> Result<(), UnpackError> {
+        if replaces {
+            self.writers.drain(&mut self.report.hashes)?;
+        }
         let dir = self.tree.dir(parent).map_err(|e| here.write(e))?;
         if replaces {
             rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| here.write(e.into()))?;
@@ -137,14 +149,23 @@ impl Unpacker<'_> {
     }
 }
 
-fn create(dir: std::os::fd::BorrowedFd<'_>, name: &[u8], here: Here<'_>) -> Result<std::fs::File, UnpackError> {
+pub(super) fn create(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    here: Here<'_>,
+) -> Result<std::fs::File, UnpackError> {
     let fd = open_beneath(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))
         .map_err(|e| here.write(e))?;
     Ok(std::fs::File::from(fd))
 }
 
 /// Gives a written file its group and final mode; returns its inode.
-fn finish(file: &std::fs::File, mode: u32, group: Option<rustix::fs::Gid>, here: Here<'_>) -> Result<u64, UnpackError> {
+pub(super) fn finish(
+    file: &std::fs::File,
+    mode: u32,
+    group: Option<rustix::fs::Gid>,
+    here: Here<'_>,
+) -> Result<u64, UnpackError> {
     if let Some(g) = group {
         rustix::fs::fchown(file, None, Some(g)).map_err(|e| here.write(e.into()))?;
     }

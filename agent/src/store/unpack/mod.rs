@@ -8,6 +8,10 @@
 //! created last, after their targets have been resolved against the archive's own tree and judged by the link
 //! policy (`links`), so nothing is ever written through one. Any refusal aborts the whole archive: the caller
 //! removes the staging directory.
+//!
+//! Three kinds of threads share the work: zstd decodes on its own (`pipe`), this one reads the tar stream and
+//! decides every entry, and a few write small files (`writers`), since creating a file waits on the disk. Every
+//! thread has ended when an unpack returns, whatever its outcome.
 
 mod compression;
 mod error;
@@ -16,9 +20,11 @@ mod format;
 mod limits;
 mod links;
 mod pax;
+mod pipe;
 #[cfg(test)]
 mod reuse_tests;
 mod tree;
+mod writers;
 
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
@@ -38,6 +44,7 @@ use tree::dir_mode;
 
 use format::{Blocks, DataError, Header, Short};
 use tree::{normalize, Comps, Node, PathMap, Tree};
+use writers::Writers;
 
 /// What was unpacked.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -62,7 +69,7 @@ pub struct Report {
 /// Everything unpacked belongs to this process's user (root on a server) and has no write bit: nobody else can
 /// change a release. With `group` (the app user's), the group gets the read and execute bits the archive gave
 /// the owner, so the service can read its code, and nothing more.
-pub fn unpack_tar_zst<R: Read>(
+pub fn unpack_tar_zst<R: Read + Send>(
     input: R,
     dir: BorrowedFd<'_>,
     limits: &Limits,
@@ -72,7 +79,7 @@ pub fn unpack_tar_zst<R: Read>(
 }
 
 /// Like [`unpack_tar_zst`], with links that leave the release judged by `links`.
-pub fn unpack_tar_zst_with<R: Read>(
+pub fn unpack_tar_zst_with<R: Read + Send>(
     input: R,
     dir: BorrowedFd<'_>,
     limits: &Limits,
@@ -83,7 +90,7 @@ pub fn unpack_tar_zst_with<R: Read>(
 }
 
 /// Like [`unpack_tar_zst_with`], sharing unchanged files with `donors` (releases on disk).
-pub fn unpack_tar_zst_reusing<R: Read>(
+pub fn unpack_tar_zst_reusing<R: Read + Send>(
     input: R,
     dir: BorrowedFd<'_>,
     limits: &Limits,
@@ -103,7 +110,11 @@ pub fn unpack_tar_zst_reusing<R: Read>(
     let mut decoder = zstd::stream::read::Decoder::new(input).map_err(corrupt)?;
     let window_log = 63 - limits.max_window.leading_zeros();
     decoder.window_log_max(window_log).map_err(corrupt)?;
-    unpack_tar_with(ZstdErrors { inner: decoder, limits }, dir, limits, group, links, donors)
+    // zstd decodes on a thread of its own while this one reads the tar stream and hands out the files.
+    std::thread::scope(|s| {
+        let decoded = pipe::spawn(s, ZstdErrors { inner: decoder, limits });
+        unpack_tar_with(decoded, dir, limits, group, links, donors)
+    })
 }
 
 /// Unpacks an uncompressed tar stream, refusing every link that leaves the release. Exposed for tests and for the
@@ -126,21 +137,25 @@ fn unpack_tar_with<R: Read>(
     donors: &mut Donors,
 ) -> Result<Report, UnpackError> {
     let mut blocks = Blocks::new(input);
-    let mut unpacker = Unpacker {
-        tree: Tree::new(dir),
-        limits,
-        group,
-        links,
-        donors,
-        buf: Vec::new(),
-        seen: PathMap::new(),
-        symlinks: Vec::new(),
-        report: Report::default(),
-    };
-    if let Some(marker) = unpacker.run(&mut blocks)? {
-        trailer(&mut blocks, marker, limits)?;
-    }
-    unpacker.finish()
+    // The writing threads end with the unpacker (written out, or dropped early on a refusal) and are joined by
+    // the scope, before the caller can remove the staging directory.
+    std::thread::scope(|s| {
+        let mut unpacker = Unpacker {
+            tree: Tree::new(dir),
+            limits,
+            group,
+            links,
+            donors,
+            writers: Writers::start(s),
+            seen: PathMap::new(),
+            symlinks: Vec::new(),
+            report: Report::default(),
+        };
+        if let Some(marker) = unpacker.run(&mut blocks)? {
+            trailer(&mut blocks, marker, limits)?;
+        }
+        unpacker.finish()
+    })
 }
 
 /// A short read, as a refusal at `at`: the stream ended (truncated) or failed.
@@ -212,8 +227,8 @@ struct Unpacker<'a> {
     group: Option<Gid>,
     links: &'a LinkPolicy,
     donors: &'a mut Donors,
-    /// The data of a small file, read whole before it is written (or shared).
-    buf: Vec<u8>,
+    /// Small files are written by these threads.
+    writers: Writers,
     seen: PathMap,
     symlinks: Vec<(Comps, Vec<u8>, u64)>,
     report: Report,
@@ -447,6 +462,8 @@ impl Unpacker<'_> {
                     Some(Node::File) => {}
                     Some(_) => return Err(here.refuse(Refusal::HardlinkNotFile { target: shown })),
                 }
+                // Its target may still be in flight.
+                self.writers.drain(&mut self.report.hashes)?;
                 let (tparent, tname) = tcomps.split_at(tcomps.len() - 1);
                 let tdir = self.tree.open_dir(tparent).map_err(|e| here.write(e))?;
                 let ldir = self.tree.dir(parent).map_err(|e| here.write(e))?;
@@ -498,6 +515,7 @@ impl Unpacker<'_> {
 
     /// Creates the symlinks, gives directories their final modes and owners.
     fn finish(mut self) -> Result<Report, UnpackError> {
+        self.writers.drain(&mut self.report.hashes)?;
         let symlinks = std::mem::take(&mut self.symlinks);
         for (comps, target, offset) in &symlinks {
             let path = comps.join(&b'/');

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -123,12 +124,26 @@ pub fn normalize(raw: &[u8], limits: &Limits) -> Result<Comps, Refusal> {
 /// directory is cached, since archives list files of one directory together.
 pub struct Tree<'a> {
     pub root: BorrowedFd<'a>,
-    cache: Option<(Comps, OwnedFd)>,
+    cache: Option<(Comps, Arc<OwnedFd>)>,
+    /// The root as a handle of its own, for the writing threads.
+    root_handle: Option<Arc<OwnedFd>>,
 }
 
 impl<'a> Tree<'a> {
     pub fn new(root: BorrowedFd<'a>) -> Self {
-        Tree { root, cache: None }
+        Tree { root, cache: None, root_handle: None }
+    }
+
+    /// Like [`Tree::dir`], as a handle that may outlive this borrow (a file being written in it holds one).
+    pub fn dir_handle(&mut self, comps: &[Vec<u8>]) -> io::Result<Arc<OwnedFd>> {
+        if comps.is_empty() {
+            if self.root_handle.is_none() {
+                self.root_handle = Some(Arc::new(self.open_dir(&[])?));
+            }
+            return Ok(self.root_handle.clone().expect("set above"));
+        }
+        self.dir(comps)?;
+        Ok(self.cache.as_ref().map(|(_, fd)| fd.clone()).expect("dir() caches what it opens"))
     }
 
     /// The directory at `comps`, created (mode 0700 until `finish`) where missing.
@@ -139,7 +154,7 @@ impl<'a> Tree<'a> {
         let hit = matches!(&self.cache, Some((c, _)) if c.as_slice() == comps);
         if !hit {
             let fd = self.walk(comps, true)?;
-            self.cache = Some((comps.to_vec(), fd));
+            self.cache = Some((comps.to_vec(), Arc::new(fd)));
         }
         Ok(self.cache.as_ref().map(|(_, fd)| fd.as_fd()).unwrap_or(self.root))
     }
