@@ -27,11 +27,11 @@ use crate::store::index::Hashes;
 /// Threads writing files. Creation waits on the disk, not the CPU, so there are more than cores.
 const THREADS: usize = 4;
 /// File data in flight, at most (one file over it goes alone).
-const MAX_BYTES: usize = 8 << 20;
+const MAX_BYTES: usize = 4 << 20;
 /// Files in flight, at most.
 const MAX_JOBS: usize = 64;
 /// Spare buffers kept for reuse, and the largest one kept.
-const SPARE: usize = 16;
+const SPARE: usize = 8;
 const SPARE_CAPACITY: usize = 256 << 10;
 
 /// A file to write: its whole data, where, and as what.
