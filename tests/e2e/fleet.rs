@@ -371,6 +371,7 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
     let p = third(&ids, "3.0.0");
     let first: Vec<&str> = ids.iter().copied().filter(|h| seed(h, "web", "3.0.0") < p).collect();
     let threshold = first.len().min(2);
+    let before = fleet.proxy.lines().len();
     let out = fleet.publish(
         "3.0.0",
         1,
@@ -426,6 +427,21 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
         "halted {halt_took:.1} s after the threshold:\n{}",
         fleet.logs()
     );
+    // What counting the failures cost the bucket: a due host lists the manifest's failure marks, and reads no
+    // report; a host that failed marks it with one PUT.
+    let lines: Vec<String> =
+        fleet.proxy.lines()[before..].iter().filter(|l| !l.starts_with("HTTP/")).cloned().collect();
+    let count = |f: &dyn Fn(&str) -> bool| lines.iter().filter(|l| f(l)).count();
+    let listings =
+        count(&|l| l.starts_with("GET ") && (l.contains("failures%2F") || l.contains("prefix=web/failures/")));
+    let report_gets = count(&|l| l.starts_with("GET /releases/web/reports/"));
+    let marks = count(&|l| l.starts_with("PUT /releases/web/failures/"));
+    println!(
+        "halt: {listings} listings of the failure marks by {n} hosts, {marks} marks written, {report_gets} reports read"
+    );
+    assert_eq!(report_gets, 0, "counting the failures reads no report");
+    assert!(marks >= failed.len(), "{marks} marks for {} failures", failed.len());
+    assert!(listings >= n - failed.len() && listings <= 2 * n, "{listings} listings by {n} hosts");
     for a in &fleet.agents {
         if failed.contains(&a.id.as_str()) {
             assert!(a.deployed().contains(&"3.0.0".to_owned()), "{} reported failing it", a.id);

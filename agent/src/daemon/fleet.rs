@@ -2,39 +2,33 @@
 //! covers its seed, and the other hosts' reports have not halted the release), and this host's own report,
 //! `BASE/APP/reports/HOST.json`, after what it did.
 //!
-//! An idle poll costs nothing here: the wave is a function of the clock, the reports are listed only by a host
-//! that is due (once per manifest: a halt is remembered until a newer one), and a report is written only when
-//! what it says changes.
+//! An idle poll costs nothing here: the wave is a function of the clock, the failures are counted only by a host
+//! that is due (one listing of the manifest's failure marks, and of `reports/` for a threshold in percent; a halt
+//! is remembered until a newer manifest), and a report is written only when what it says changes. A host that
+//! failed the release marks it (`failures/SEQUENCE/HOST.json`) before it writes its report.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-use futures_util::StreamExt;
 
 use super::blocking;
 use crate::app::App;
 use crate::base::activity::Activity;
 use crate::base::progress::Worker;
 use crate::base::version::Version;
-use crate::engine::plan::{self, WaveDecision};
-use crate::source::bucket::{Fetched, Source};
+use crate::engine::plan::{self, Failures, WaveDecision};
+use crate::source::bucket::Source;
 use crate::source::manifest::Accepted;
-use crate::source::rollout::{self, HostReport, ReportOutcome};
+use crate::source::rollout::{self, HostReport, ReportOutcome, Threshold};
 use crate::statedir::history::{self, Action, Outcome};
 
-/// Most reports read (a fleet larger than this is counted by its first ones).
-const MAX_REPORTS: usize = 100_000;
-/// Reports fetched at once.
-const FETCHES: usize = 16;
+/// Most objects counted in a listing (a fleet larger than this is counted by its first ones).
+const MAX_LISTED: usize = 100_000;
 
 /// What the worker remembers of the fleet between polls.
 #[derive(Default)]
 pub(super) struct FleetMemory {
-    /// The manifest (by sequence) found halted, and why: the reports are not read again until a newer manifest.
+    /// The manifest (by sequence) found halted, and why: the failures are not counted again until a newer one.
     halted: Option<(u64, String)>,
-    /// Reports read, by object, with their ETag: only those that changed are fetched again.
-    reports: HashMap<String, (Option<String>, HostReport)>,
     /// What this host is doing about the channel's release when history does not say it (waiting for its wave,
     /// halted, the artifact refused): reported instead of the last event.
     pub(super) status: Option<(ReportOutcome, Version, u64)>,
@@ -104,9 +98,8 @@ pub(super) async fn gate(
             return Some(Gated::Settled);
         }
     }
-    match read_reports(src, fm).await {
-        Ok(()) => {
-            let f = plan::failures(fm.reports.values().map(|(_, r)| r), v, want.sequence);
+    match count_failures(src, want.sequence, threshold).await {
+        Ok(f) => {
             if let Some(why) = plan::halted(Some(threshold), f) {
                 tracing::warn!("{}: not deploying {v}: {why}", app.name);
                 wait(format!("not deploying {v}: {why}"));
@@ -119,47 +112,29 @@ pub(super) async fn gate(
         Err(e) => {
             // halt_after is a safety gate: not judged, not passed.
             let e = crate::base::chain::text(&e);
-            tracing::warn!("{}: cannot read the fleet's reports for halt_after: {e}", app.name);
-            wait(format!("not deploying {v} yet: cannot read the fleet's reports for halt_after ({e})"));
+            tracing::warn!("{}: cannot count the fleet's failures for halt_after: {e}", app.name);
+            wait(format!("not deploying {v} yet: cannot count the fleet's failures for halt_after ({e})"));
             Some(Gated::Later)
         }
     }
 }
 
-/// Brings the cache of reports up to date with the bucket: one listing, and a fetch of each report that is new
-/// or changed. A report that cannot be read or parsed is left out (and said at debug level).
-async fn read_reports(src: &Source, fm: &mut FleetMemory) -> Result<(), crate::source::SourceError> {
-    let listed = src.list(rollout::REPORTS, MAX_REPORTS).await?;
-    let keep: std::collections::HashSet<String> = listed.iter().map(|o| o.rel.clone()).collect();
-    let wanted: Vec<_> = listed
-        .into_iter()
-        .filter(|o| rollout::report_host(&o.rel).is_some())
-        .filter(|o| o.etag.is_none() || fm.reports.get(&o.rel).map(|(e, _)| e) != Some(&o.etag))
-        .collect();
-    let fetched: Vec<_> = futures_util::stream::iter(wanted)
-        .map(|o| async move {
-            let got = src.fetch_small(&o.rel, None).await;
-            (o, got)
-        })
-        .buffer_unordered(FETCHES)
-        .collect()
-        .await;
-    for (o, got) in fetched {
-        match got {
-            Ok(Fetched::Body { bytes, etag }) => match serde_json::from_slice::<HostReport>(&bytes) {
-                Ok(mut r) => {
-                    // The object's name says whose it is.
-                    r.host = rollout::report_host(&o.rel).unwrap_or_default().to_owned();
-                    fm.reports.insert(o.rel, (etag.or(o.etag), r));
-                }
-                Err(e) => tracing::debug!("{}: not a report: {e}", src.describe(&o.rel)),
-            },
-            Ok(_) => {}
-            Err(e) => tracing::debug!("{}", crate::base::chain::text(&e)),
+/// The failures of the manifest `sequence`: one listing of its failure marks, and for a threshold in percent one
+/// of the reports (the fleet's size). No report is read.
+async fn count_failures(
+    src: &Source,
+    sequence: u64,
+    threshold: Threshold,
+) -> Result<Failures, crate::source::SourceError> {
+    let marks = src.list(&rollout::failure_dir(sequence), MAX_LISTED).await?;
+    let hosts = match threshold {
+        Threshold::Hosts(_) => None,
+        Threshold::Percent(_) => {
+            let listed = src.list(rollout::REPORTS, MAX_LISTED).await?;
+            Some(listed.iter().filter(|o| rollout::report_host(&o.rel).is_some()).count() as u64)
         }
-    }
-    fm.reports.retain(|k, _| keep.contains(k));
-    Ok(())
+    };
+    Ok(plan::failures(marks.iter().map(|o| o.rel.as_str()), sequence, hosts))
 }
 
 /// Writes this host's report when what it says changed, and every [`rollout::REPORT_EVERY`] anyway: the status the gate or a refusal left, else the last
@@ -222,11 +197,18 @@ pub(super) async fn report(app: &App, src: Option<&Source>, worker: &Arc<Worker>
         return;
     };
     let key = rollout::report_key(&r.host);
-    let bytes = match serde_json::to_vec_pretty(&r) {
-        Ok(b) => b,
+    let bytes: bytes::Bytes = match serde_json::to_vec_pretty(&r) {
+        Ok(b) => b.into(),
         Err(e) => return tracing::debug!("{}: {e}", app.name),
     };
-    match src.put(&key, bytes.into()).await {
+    // The mark first: a report of a failure is only sent once the failure counts.
+    if let Some(mark) = r.failure_mark() {
+        if let Err(e) = src.put(&mark, bytes.clone()).await {
+            let e = crate::base::chain::text(&e);
+            return tracing::warn!("{}: cannot mark this host's failure of {}: {e}", app.name, r.version);
+        }
+    }
+    match src.put(&key, bytes).await {
         Ok(()) => {
             tracing::debug!("{}: reported {} {} to {}", app.name, r.outcome.as_str(), r.version, src.describe(&key));
             fm.sent = Some(substance(&r));

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use crate::base::version::Version;
 use crate::error::Error;
 use crate::source::manifest::{Accepted, Delta};
-use crate::source::rollout::{HostReport, Threshold, Wave};
+use crate::source::rollout::{Threshold, Wave};
 use crate::statedir::state::{AppState, InFlight, Op, Step};
 
 /// Why a switch to a version is held.
@@ -242,33 +242,32 @@ pub fn wave(want: &Accepted, seed: u8, now: SystemTime) -> WaveDecision {
     }
 }
 
-/// The failures of one release across a fleet, from the hosts' reports.
+/// The failures of one release across a fleet, from the failure marks in the bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Failures {
-    /// Hosts whose report says they failed this version under this manifest.
+    /// Hosts that marked that they failed the release of this manifest.
     pub failed: u64,
-    /// Hosts that report at all (the fleet, as far as the bucket knows it).
-    pub hosts: u64,
+    /// Hosts that report at all (the fleet, as far as the bucket knows it), when counted: a threshold in hosts
+    /// needs no count of the fleet.
+    pub hosts: Option<u64>,
 }
 
-/// Counts the hosts in `reports` that failed `version` under the manifest of `sequence` (a newer manifest for the
-/// same version, a resume, counts afresh).
-pub fn failures<'a>(reports: impl IntoIterator<Item = &'a HostReport>, version: &Version, sequence: u64) -> Failures {
-    let mut f = Failures::default();
-    for r in reports {
-        f.hosts += 1;
-        if r.version == version.as_str() && r.sequence == sequence && r.outcome.failed() {
-            f.failed += 1;
-        }
-    }
-    f
+/// Counts the hosts that marked a failure of the manifest `sequence` among the objects `listed` (names relative
+/// to `BASE/APP/`, from a listing of its failure folder; a newer manifest for the same version, a resume, counts
+/// afresh), of `hosts` that report.
+pub fn failures<'a>(listed: impl IntoIterator<Item = &'a str>, sequence: u64, hosts: Option<u64>) -> Failures {
+    let marked: std::collections::BTreeSet<&str> =
+        listed.into_iter().filter_map(|rel| crate::source::rollout::failure_host(rel, sequence)).collect();
+    Failures { failed: marked.len() as u64, hosts }
 }
 
 /// Why the release is halted, when the failures reach the manifest's `halt_after`.
 pub fn halted(threshold: Option<Threshold>, f: Failures) -> Option<String> {
     let t = threshold?;
-    t.reached(f.failed, f.hosts)
-        .then(|| format!("halted: {} of {} reporting hosts failed it (halt_after {t})", f.failed, f.hosts))
+    t.reached(f.failed, f.hosts.unwrap_or(0)).then(|| match f.hosts {
+        Some(hosts) => format!("halted: {} of {hosts} reporting hosts failed it (halt_after {t})", f.failed),
+        None => format!("halted: {} hosts failed it (halt_after {t})", f.failed),
+    })
 }
 
 #[cfg(test)]
@@ -606,11 +605,39 @@ mod tests {
 
     #[test]
     fn failures_halt_at_the_threshold_of_this_manifest() {
+        let listed = [
+            "failures/7/a.json",
+            "failures/7/b.json",
+            "failures/7/h.json",
+            // Not marks of manifest 7: another manifest's, a report, names that are no host's.
+            "failures/6/d.json",
+            "failures/70/e.json",
+            "reports/f.json",
+            "failures/7/.json",
+            "failures/7/x",
+        ];
+        let f = failures(listed, 7, Some(10));
+        assert_eq!(f, Failures { failed: 3, hosts: Some(10) });
+        assert_eq!(halted(None, f), None);
+        assert_eq!(halted(Some(Threshold::Hosts(4)), f), None);
+        let why = halted(Some(Threshold::Hosts(3)), f).unwrap();
+        assert!(why.contains("3 of 10") && why.contains("halt_after 3"), "{why}");
+        assert!(halted(Some(Threshold::Percent(30)), f).is_some());
+        assert!(halted(Some(Threshold::Percent(31)), f).is_none());
+        // A threshold in hosts needs no count of the fleet.
+        let f = failures(listed, 7, None);
+        assert_eq!(halted(Some(Threshold::Hosts(3)), f).unwrap(), "halted: 3 hosts failed it (halt_after 3)");
+        // A resumed rollout (a newer manifest for the same version) counts afresh.
+        assert_eq!(failures(listed, 8, Some(10)).failed, 0);
+    }
+
+    #[test]
+    fn a_report_of_a_failure_calls_for_a_mark() {
         use crate::source::rollout::ReportOutcome as O;
-        let r = |host: &str, version: &str, sequence, outcome| HostReport {
-            host: host.into(),
+        let r = |sequence, outcome| crate::source::rollout::HostReport {
+            host: "h-1".into(),
             app: "web".into(),
-            version: version.into(),
+            version: "2.0.0".into(),
             outcome,
             current: None,
             sequence,
@@ -621,27 +648,13 @@ mod tests {
             time: "2026-06-01T12:00:00Z".into(),
             reported_at: None,
         };
-        let reports = [
-            r("a", "2.0.0", 7, O::RolledBack),
-            r("b", "2.0.0", 7, O::Refused),
-            r("c", "2.0.0", 7, O::Ok),
-            r("d", "2.0.0", 6, O::RolledBack),
-            r("e", "1.0.0", 7, O::RolledBack),
-            r("f", "2.0.0", 7, O::Halted),
-            r("g", "2.0.0", 7, O::Waiting),
-            r("h", "2.0.0", 7, O::RollbackFailed),
-            r("i", "1.0.0", 5, O::Ok),
-            r("j", "1.0.0", 5, O::Ok),
-        ];
-        let f = failures(&reports, &v("2.0.0"), 7);
-        assert_eq!(f, Failures { failed: 3, hosts: 10 });
-        assert_eq!(halted(None, f), None);
-        assert_eq!(halted(Some(Threshold::Hosts(4)), f), None);
-        let why = halted(Some(Threshold::Hosts(3)), f).unwrap();
-        assert!(why.contains("3 of 10") && why.contains("halt_after 3"), "{why}");
-        assert!(halted(Some(Threshold::Percent(30)), f).is_some());
-        assert!(halted(Some(Threshold::Percent(31)), f).is_none());
-        // A resumed rollout (a newer manifest for the same version) counts afresh.
-        assert_eq!(failures(&reports, &v("2.0.0"), 8).failed, 0);
+        for o in [O::RolledBack, O::RollbackFailed, O::Failed, O::Refused] {
+            assert_eq!(r(7, o).failure_mark().as_deref(), Some("failures/7/h-1.json"), "{o:?}");
+            // Not under a manifest (a deploy by hand of another version): nothing to mark.
+            assert_eq!(r(0, o).failure_mark(), None, "{o:?}");
+        }
+        for o in [O::Ok, O::Waiting, O::Halted, O::Rollback, O::Unknown] {
+            assert_eq!(r(7, o).failure_mark(), None, "{o:?}");
+        }
     }
 }

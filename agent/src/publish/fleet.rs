@@ -1,7 +1,8 @@
 //! `fleet status --source BASE --app APP`: the fleet as the bucket sees it, from the channel manifest and every
 //! host's report (`BASE/APP/reports/HOST.json`): which versions the hosts run, what they did about the channel's
-//! release, how far its waves have come, whether it is halted, and which hosts have gone quiet. Read-only: one
-//! listing and one small GET per report.
+//! release, how far its waves have come, whether it is halted, and which hosts have gone quiet. Read-only: the
+//! manifest, one listing of the reports and one small GET each, and one listing of the release's failure marks
+//! (`failures/SEQUENCE/`), which count towards `halt_after` as the hosts count them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -118,6 +119,12 @@ async fn fleet_async(req: &FleetRequest) -> anyhow::Result<FleetStatus> {
         }
         _ => None,
     };
+    let marks = match &manifest {
+        Some((m, _)) => {
+            src.list(&rollout::failure_dir(m.sequence), 100_000).await?.into_iter().map(|o| o.rel).collect()
+        }
+        None => Vec::new(),
+    };
     let listed = src.list(rollout::REPORTS, 100_000).await?;
     let fetched: Vec<_> =
         futures_util::stream::iter(listed.into_iter().filter(|o| rollout::report_host(&o.rel).is_some()))
@@ -144,15 +151,16 @@ async fn fleet_async(req: &FleetRequest) -> anyhow::Result<FleetStatus> {
         }
     }
     reports.sort_by(|a, b| a.host.cmp(&b.host));
-    Ok(summarize(req, src.describe(""), manifest, &reports, unreadable, SystemTime::now()))
+    Ok(summarize(req, src.describe(""), manifest, &reports, &marks, unreadable, SystemTime::now()))
 }
 
-/// The fleet's status from the manifest and the reports, at `now`.
+/// The fleet's status from the manifest, the reports and the failure marks of the manifest, at `now`.
 fn summarize(
     req: &FleetRequest,
     source: String,
     manifest: Option<(Manifest, bool)>,
     reports: &[HostReport],
+    marks: &[String],
     unreadable: Vec<String>,
     now: SystemTime,
 ) -> FleetStatus {
@@ -191,8 +199,8 @@ fn summarize(
         let v = Version::parse(&m.version).ok()?;
         Some((m.accepted(crate::source::origin::Origin::from(source.as_str())).ok()?, v))
     });
-    if let Some((a, v)) = &accepted {
-        let f = plan::failures(reports, v, a.sequence);
+    if let Some((a, _)) = &accepted {
+        let f = plan::failures(marks.iter().map(String::as_str), a.sequence, Some(reports.len() as u64));
         s.failed = f.failed;
         s.halted_reason = plan::halted(a.halt_after, f);
         s.halted = s.halted_reason.is_some();

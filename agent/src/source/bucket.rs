@@ -5,6 +5,7 @@
 //! BASE/APP/releases/VERSION.tar.zst (+ .minisig)
 //! BASE/APP/channels/CHANNEL.json (+ .minisig)
 //! BASE/APP/reports/HOST.json            (each host's last word, see `rollout`)
+//! BASE/APP/failures/SEQUENCE/HOST.json  (a host failed the release of that manifest, see `rollout`)
 //! ```
 //!
 //! Polls are conditional (`If-None-Match` with the last ETag), so an idle poll is one small request answered

@@ -1,8 +1,11 @@
-//! Fleet rollouts through the bucket: the waves and the halt threshold a signed manifest carries, and the report
-//! each host writes to `BASE/APP/reports/HOST.json` after what it did.
+//! Fleet rollouts through the bucket: the waves and the halt threshold a signed manifest carries, the report
+//! each host writes to `BASE/APP/reports/HOST.json` after what it did, and the failure mark
+//! `BASE/APP/failures/SEQUENCE/HOST.json` (a copy of the report) a host writes when it failed the release of the
+//! manifest SEQUENCE: a host that is due counts the failures with one listing of that folder, whatever the size
+//! of the fleet, and reads no report.
 //!
 //! Reports are written by hosts, which hold no signing key: whoever can write the bucket can forge them. They
-//! are only ever counted (a forged failure can halt a rollout whose manifest asks for `halt_after`, as withholding
+//! (and the marks) are only ever counted (a forged failure can halt a rollout whose manifest asks for `halt_after`, as withholding
 //! the artifact would stop it anyway); nothing in a report makes a host deploy, roll back or run anything.
 
 use std::fmt;
@@ -15,6 +18,9 @@ use crate::config::valid_host_id;
 
 /// The folder of the hosts' reports, relative to `BASE/APP/`.
 pub const REPORTS: &str = "reports";
+
+/// The folder of the failure marks, relative to `BASE/APP/`: one folder per manifest sequence.
+pub const FAILURES: &str = "failures";
 
 /// How often a host writes its report again when nothing changed, so that a host that has gone quiet for several
 /// times this long is gone, not idle.
@@ -204,6 +210,28 @@ pub fn report_key(host: &str) -> String {
     format!("{REPORTS}/{host}.json")
 }
 
+/// The folder of the failure marks of the manifest `sequence`, relative to `BASE/APP/`.
+pub fn failure_dir(sequence: u64) -> String {
+    format!("{FAILURES}/{sequence}")
+}
+
+/// The object of `host`'s mark that it failed the release of the manifest `sequence`.
+pub fn failure_key(sequence: u64, host: &str) -> String {
+    format!("{}/{host}.json", failure_dir(sequence))
+}
+
+/// The host of a failure mark of the manifest `sequence` (an object name relative to `BASE/APP/`), if it is one.
+pub fn failure_host(rel: &str, sequence: u64) -> Option<&str> {
+    rel.strip_prefix(&failure_dir(sequence))?.strip_prefix('/')?.strip_suffix(".json").filter(|h| valid_host_id(h))
+}
+
+impl HostReport {
+    /// The failure mark this report calls for: it says the host failed the release of a manifest.
+    pub fn failure_mark(&self) -> Option<String> {
+        (self.sequence != 0 && self.outcome.failed()).then(|| failure_key(self.sequence, &self.host))
+    }
+}
+
 /// The host of a report's object name (relative to `BASE/APP/`), if it is one.
 pub fn report_host(rel: &str) -> Option<&str> {
     rel.strip_prefix(REPORTS)?.strip_prefix('/')?.strip_suffix(".json").filter(|h| valid_host_id(h))
@@ -257,6 +285,12 @@ mod tests {
         assert_eq!(report_host("reports/sub/h.json"), None);
         assert_eq!(report_host("reports/.json"), None);
         assert_eq!(report_host("channels/x.json"), None);
+        assert_eq!(failure_key(7, "h-1"), "failures/7/h-1.json");
+        assert_eq!(failure_host("failures/7/h-1.json", 7), Some("h-1"));
+        assert_eq!(failure_host("failures/7/h-1.json", 8), None);
+        assert_eq!(failure_host("failures/70/h-1.json", 7), None);
+        assert_eq!(failure_host("failures/7/x/h.json", 7), None);
+        assert_eq!(failure_host("reports/h-1.json", 7), None);
         assert!(!valid_host_id("a/b") && !valid_host_id("") && !valid_host_id(".x") && valid_host_id("h-1.a_b"));
     }
 }
