@@ -478,3 +478,56 @@ fn a_fleet_follows_waves_halts_a_failing_release_and_polls_cheaply() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `--halt-after P%` is a share of the hosts that report: a host that is due lists the reports (the whole) as well
+/// as the failure marks. One failure of six hosts reaches 10%.
+#[test]
+fn a_halt_in_percent_counts_the_hosts_that_report() {
+    let n = 6;
+    let poll = Duration::from_millis(500);
+    let mut fleet = Fleet::new(n, poll);
+    let settle = Duration::from_secs(60);
+    let ids: Vec<String> = fleet.agents.iter().map(|a| a.id.clone()).collect();
+    fleet.publish("1.0.0", 0, &[]);
+    fleet.start();
+    fleet.wait_all_on("1.0.0", settle);
+    fleet.wait_reports("every host's report of 1.0.0", settle, |r| r.len() == n);
+
+    // 2.0.0 fails its checks. Its first wave covers one host, the one of the lowest seed; the rest are due later.
+    let mut seeds: Vec<(u8, &str)> = ids.iter().map(|h| (seed(h, "web", "2.0.0"), h.as_str())).collect();
+    seeds.sort();
+    let (low, first) = seeds[0];
+    assert!(seeds[1].0 > low, "two hosts share the lowest seed: {seeds:?}");
+    let later = Duration::from_secs(10);
+    fleet.publish(
+        "2.0.0",
+        1,
+        &[
+            "--wave".into(),
+            format!("{}%:0s", low + 1),
+            "--wave".into(),
+            format!("100%:{}s", later.as_secs()),
+            "--halt-after".into(),
+            "10%".into(),
+        ],
+    );
+    fleet.wait_reports("the other hosts halted", settle, |r| {
+        r.get(first).is_some_and(|r| r["version"] == "2.0.0" && r["outcome"] == "rolled-back")
+            && ids
+                .iter()
+                .filter(|h| *h != first)
+                .all(|h| r.get(h.as_str()).is_some_and(|r| r["version"] == "2.0.0" && r["outcome"] == "halted"))
+    });
+    for a in &fleet.agents {
+        assert_eq!(a.current().as_deref(), Some("1.0.0"), "{}", a.id);
+        if a.id != first {
+            assert!(!a.deployed().contains(&"2.0.0".to_owned()), "{} deployed a halted release", a.id);
+            let log = std::fs::read_to_string(a.dir.join("daemon.log")).unwrap();
+            assert!(log.contains("halted: 1 of 6 reporting hosts failed it (halt_after 10%)"), "{}:\n{log}", a.id);
+        }
+    }
+    let (s, _) = fleet.fleet_status();
+    assert_eq!(s["halted"], true, "{s:#}");
+    assert_eq!(s["failed"], 1);
+    assert_eq!(s["hosts"], n as u64);
+}
