@@ -1,5 +1,5 @@
 //! The daemon's part in a fleet rollout: whether this host is due for what the channel names (the wave in force
-//! covers its seed, and the other hosts' reports have not halted the release), and this host's own report,
+//! covers its seed, and the other hosts' failure marks have not halted the release), and this host's own report,
 //! `BASE/APP/reports/HOST.json`, after what it did.
 //!
 //! An idle poll costs nothing here: the wave is a function of the clock, the failures are counted only by a host
