@@ -266,7 +266,7 @@ pub fn halted(threshold: Option<Threshold>, f: Failures) -> Option<String> {
     let t = threshold?;
     t.reached(f.failed, f.hosts.unwrap_or(0)).then(|| match f.hosts {
         Some(hosts) => format!("halted: {} of {hosts} reporting hosts failed it (halt_after {t})", f.failed),
-        None => format!("halted: {} hosts failed it (halt_after {t})", f.failed),
+        None => format!("halted: {} host{} failed it (halt_after {t})", f.failed, if f.failed == 1 { "" } else { "s" }),
     })
 }
 
